@@ -1,0 +1,96 @@
+# -*- test-case-name: tests.test_e2e -*-
+"""
+Prometheus metrics of the connector, in a registry of its own (so tests and
+several connectors in one process never share counters).
+
+Labels are bounded: results and reasons from fixed sets, never a destination.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import twisted
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from . import __version__
+
+__all__ = ["ConnectorMetrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ConnectorMetrics:
+    """
+    Every metric the connector exports.
+
+    @ivar registry: the registry the C{/metrics} resource serves.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry if registry is not None else CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        prefix = "incident_connector_"
+        self.buildInfo = Info(prefix + "build", "Connector build.", registry=registry)
+        self.buildInfo.info(
+            {"version": __version__, "twisted": twisted.__version__, "python": platform.python_version()}
+        )
+        self.tunnelUp = Gauge(
+            prefix + "tunnel_up", "1 while the relay granted the remote forward.", ["connection"], registry=registry
+        )
+        self.connectionAttempts = Counter(
+            prefix + "connection_attempts", "Relay connection attempts.", ["connection"], registry=registry
+        )
+        self.connectionFailures = Counter(
+            prefix + "connection_failures",
+            "Relay connections that failed or ended, by reason.",
+            ["connection", "reason"],
+            registry=registry,
+        )
+        self.lastForwardTimestamp = Gauge(
+            prefix + "last_forward_granted_timestamp_seconds",
+            "Unix time the relay last granted the remote forward.",
+            ["connection"],
+            registry=registry,
+        )
+        self.keepaliveSeconds = Histogram(
+            prefix + "keepalive_rtt_seconds", "Keepalive round-trip time.", buckets=_LATENCY_BUCKETS, registry=registry
+        )
+        self.streamsActive = Gauge(prefix + "streams_active", "Streams open now.", registry=registry)
+        self.streams = Counter(
+            prefix + "streams",
+            "Streams ended, by result (ok, denied, refused, unreachable, dns_error, "
+            "timeout, bad_request, limit, draining).",
+            ["result"],
+            registry=registry,
+        )
+        self.bytes = Counter(
+            prefix + "bytes",
+            "Stream payload bytes; up is client to destination, down is destination to client.",
+            ["direction"],
+            registry=registry,
+        )
+        self.handshakeSeconds = Histogram(
+            prefix + "socks_handshake_seconds",
+            "From channel open to a complete SOCKS request.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.dialSeconds = Histogram(
+            prefix + "dial_seconds",
+            "Time to connect to a destination (successful dials).",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # Pre-create label sets so a scrape shows zeros instead of nothing.
+        for direction in ("up", "down"):
+            self.bytes.labels(direction=direction)

@@ -1,0 +1,215 @@
+# -*- test-case-name: tests.test_options -*-
+"""
+Command-line and environment options of C{twistd incident-connector}.
+
+Every option C{--some-name} can also come from C{INCIDENT_CONNECTOR_SOME_NAME};
+a flag beats its environment variable, which beats the default.  Defaults and
+environment values are resolved in C{postOptions}, never in the option table,
+so C{--help} cannot print a secret.  A bad value ends the program with one line
+naming the option and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any, Callable, NoReturn
+
+from twisted.python import usage
+
+from .allowlist import Allowlist, AllowlistError
+
+ENV_PREFIX = "INCIDENT_CONNECTOR_"
+
+
+def envName(option: str) -> str:
+    """
+    The environment variable that backs C{--option}.
+    """
+    return ENV_PREFIX + option.upper().replace("-", "_")
+
+
+def parseHostPort(text: str, defaultPort: int | None = None) -> tuple[str, int]:
+    """
+    Parse C{host:port} or C{[v6]:port}.
+
+    @raise ValueError: with a message fit for an operator.
+    """
+    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text)
+    if not match:
+        raise ValueError(f"{text!r} is not HOST:PORT or [IPV6]:PORT")
+    host = match.group(1) or match.group(3)
+    portText = match.group(2) or match.group(4)
+    if portText is None:
+        if defaultPort is None:
+            raise ValueError(f"{text!r} has no port")
+        return host, defaultPort
+    port = int(portText)
+    if not 0 < port < 65536:
+        raise ValueError(f"{text!r}: port must be 1-65535")
+    return host, port
+
+
+def _positiveFloat(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not value >= 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _positiveInt(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return check
+
+
+#: (name, default, converter, help).  A default of None means "not set".
+OPTIONS: list[tuple[str, Any, Callable[[str], Any] | None, str]] = [
+    ("relay-address", "relay.incident.io:443", None, "Relay to dial, HOST:PORT or [IPV6]:PORT."),
+    ("relay-user", None, None, "SSH login name on the relay (default: the connector ID)."),
+    ("connector-id", None, None, "Connector ID issued by the platform."),
+    ("api-token", None, None, "API token (prefer the environment variable)."),
+    ("identity-file", None, None, "OpenSSH ed25519 private key, for self-hosted relays."),
+    ("known-hosts", None, None, "OpenSSH known_hosts file that pins the relay's host key."),
+    ("relay-host-key", None, None, "Relay host key fingerprint pin, SHA256:..."),
+    ("forward-dest-allowlist", None, None, "Space-separated HOST:PORT destinations allowed (default: any)."),
+    ("metrics-listen", "tcp:9090", None, "Twisted server endpoint for /metrics, /healthz, /readyz."),
+    ("keepalive-interval", 15.0, _positiveFloat, "Seconds between keepalives to the relay (0: off)."),
+    ("keepalive-count", 3, _positiveInt, "Missed keepalive replies in a row that drop the connection."),
+    ("grace-period", 30.0, _positiveFloat, "Seconds open streams may finish after SIGTERM."),
+    ("max-streams", 1024, _positiveInt, "Concurrent streams; more are refused."),
+    ("stream-idle-timeout", 0.0, _positiveFloat, "Close a stream idle this many seconds (0: never)."),
+    ("connect-timeout", 10.0, _positiveFloat, "Seconds to wait for a destination to accept."),
+    ("handshake-timeout", 10.0, _positiveFloat, "Seconds a SOCKS handshake may take."),
+    ("reconnect-initial-delay", 1.0, _positiveFloat, "First reconnect delay, in seconds."),
+    ("reconnect-max-delay", 30.0, _positiveFloat, "Longest reconnect delay, in seconds."),
+    ("log-format", "text", _choice("text", "json"), "text or json (one JSON object per line)."),
+    ("log-level", "info", _choice("debug", "info", "warn", "error"), "Least severe level logged."),
+]
+
+SECRETS = frozenset({"api-token"})
+
+
+class ConfigurationError(Exception):
+    """
+    The configuration is unusable; the message is the one line to print.
+    """
+
+
+class Options(usage.Options):
+    """
+    Options of the connector.  After parsing, each value is under its option
+    name (C{self["relay-address"]}), converted, with env and defaults applied.
+    Also set: C{relayHost}, C{relayPort}, C{allowlist}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Dial out over SSH to a relay, ask for a remote forward, and serve SOCKS "
+        "on every forwarded channel to the destinations the allowlist names. "
+        "Every --option can also be set as " + ENV_PREFIX + "OPTION (upper snake case)."
+    )
+    optParameters = [
+        [name, None, None, f"{text} [env {envName(name)}]" + (f" [default: {default}]" if default is not None else "")]
+        for name, default, _convert, text in OPTIONS
+    ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse, and on any error print one line and exit 2 instead of twistd's
+        full usage text.
+        """
+        try:
+            super().parseOptions(options)
+        except (usage.UsageError, ConfigurationError) as e:
+            fail(str(e))
+
+    def postOptions(self) -> None:
+        for name, default, convert, _text in OPTIONS:
+            value = self[name]
+            source = f"--{name}"
+            if value is None and self.environ.get(envName(name)):
+                value = self.environ[envName(name)]
+                source = envName(name)
+            if value is None:
+                self[name] = default
+                continue
+            if convert is not None:
+                try:
+                    value = convert(value)
+                except ValueError as e:
+                    shown = "<hidden>" if name in SECRETS else repr(value)
+                    raise ConfigurationError(f"{source} {shown}: {e}") from None
+            self[name] = value
+        self.validate()
+
+    def validate(self) -> None:
+        """
+        Check that the options make a connector that can start.
+        """
+        try:
+            self.relayHost, self.relayPort = parseHostPort(self["relay-address"], 22)
+        except ValueError as e:
+            raise ConfigurationError(f"--relay-address: {e}") from None
+        try:
+            self.allowlist = Allowlist.parse(self["forward-dest-allowlist"])
+        except AllowlistError as e:
+            raise ConfigurationError(f"--forward-dest-allowlist: {e}") from None
+        if self["relay-user"] is None:
+            self["relay-user"] = self["connector-id"]
+        if self["identity-file"] is None:
+            if self["connector-id"] and self["api-token"]:
+                raise ConfigurationError(
+                    "--connector-id/--api-token: token authentication is not available yet; "
+                    "use --identity-file with a self-hosted relay"
+                )
+            raise ConfigurationError("--identity-file is required (an ed25519 private key)")
+        if not os.path.isfile(self["identity-file"]):
+            raise ConfigurationError(f"--identity-file {self['identity-file']!r}: no such file")
+        if self["relay-user"] is None:
+            raise ConfigurationError("--relay-user (or --connector-id) is required")
+        if self["known-hosts"] is None and self["relay-host-key"] is None:
+            raise ConfigurationError(
+                "the relay's host key must be pinned: give --known-hosts or --relay-host-key"
+            )
+        if self["known-hosts"] is not None and not os.path.isfile(self["known-hosts"]):
+            raise ConfigurationError(f"--known-hosts {self['known-hosts']!r}: no such file")
+        pin = self["relay-host-key"]
+        if pin is not None and not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}=?", pin):
+            raise ConfigurationError(
+                f"--relay-host-key {pin!r}: expected SHA256:<43 base64 characters>, as ssh-keygen -lf prints"
+            )
+
+    def __repr__(self) -> str:
+        shown = {k: ("<hidden>" if k in SECRETS and v else v) for k, v in self.items()}
+        return f"<Options {shown}>"
+
+
+def fail(message: str) -> NoReturn:
+    """
+    Print one line and exit with status 2 (a usage error).
+    """
+    sys.stderr.write(f"incident-connector: error: {message}\n")
+    raise SystemExit(2)

@@ -1,0 +1,132 @@
+# -*- test-case-name: tests.test_e2e -*-
+"""
+The composition root: turns parsed L{Options} into one L{MultiService} holding
+the relay connection and the metrics/health site.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
+
+from .logs import makeObserver
+from .metrics import ConnectorMetrics
+from .options import Options, fail
+from .stream import ForwardedStream, StreamSettings
+from .tunnel.auth import RelayUserAuth, loadIdentity
+from .tunnel.connection import RelayConnection
+from .tunnel.hostkeys import HostKeyPolicy
+from .tunnel.service import Backoff, RelayService
+from .tunnel.transport import RelayTransport, RelayTransportFactory
+from .web import makeSite
+
+__all__ = ["ConnectorService", "buildService"]
+
+_log = Logger()
+
+
+class ConnectorService(service.MultiService):
+    """
+    The whole connector.
+
+    @ivar options: the parsed options.
+    @ivar metrics: its metrics.
+    @ivar relays: the relay connection services.
+    @ivar observer: the log observer twistd should use, or L{None}.
+    """
+
+    def __init__(self, options: Options, metrics: ConnectorMetrics, observer: Any = None) -> None:
+        super().__init__()
+        self.options = options
+        self.metrics = metrics
+        self.observer = observer
+        self.relays: list[RelayService] = []
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        # twistd picks its log observer from the application after makeService.
+        if self.observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.observer)
+
+    def startService(self) -> None:
+        options = self.options
+        _log.info(
+            "incident-connector starting: relay {relay} as {user}, destinations: {allowlist}",
+            relay=options["relay-address"],
+            user=options["relay-user"],
+            allowlist=options.allowlist.describe(),
+        )
+        if options["forward-dest-allowlist"] is None:
+            _log.warn(
+                "no --forward-dest-allowlist: every destination reachable from here is allowed; "
+                "set one to limit what the platform can reach"
+            )
+        super().startService()
+
+
+def buildService(options: Options, reactor: Any, installSignals: bool = False) -> ConnectorService:
+    """
+    Build the connector from parsed options.
+
+    @param installSignals: after the first SIGTERM/SIGINT starts the drain, let
+        a second one exit at once (only for a real process, never in tests).
+    """
+    try:
+        key = loadIdentity(options["identity-file"])
+    except ValueError as e:
+        fail(f"--identity-file: {e}")
+    metrics = ConnectorMetrics()
+    settings = StreamSettings(
+        reactor=reactor,
+        allowlist=options.allowlist,
+        metrics=metrics,
+        connectTimeout=options["connect-timeout"],
+        handshakeTimeout=options["handshake-timeout"],
+        idleTimeout=options["stream-idle-timeout"],
+    )
+
+    def makeStream(windowSize: int, maxPacket: int, data: bytes) -> ForwardedStream:
+        return ForwardedStream(settings, remoteWindow=windowSize, remoteMaxPacket=maxPacket)
+
+    def makeUserAuth(transport: RelayTransport) -> RelayUserAuth:
+        connection = RelayConnection(
+            makeStream,
+            reactor,
+            metrics,
+            maxStreams=options["max-streams"],
+            keepaliveInterval=options["keepalive-interval"],
+            keepaliveCount=options["keepalive-count"],
+        )
+        return RelayUserAuth(options["relay-user"].encode("utf-8"), connection, key)
+
+    policy = HostKeyPolicy(options.relayHost, options.relayPort, options["relay-host-key"], options["known-hosts"])
+    factory = RelayTransportFactory(policy, makeUserAuth)
+    endpoint = HostnameEndpoint(reactor, options.relayHost, options.relayPort, timeout=options["connect-timeout"])
+    backoff = Backoff(options["reconnect-initial-delay"], options["reconnect-max-delay"])
+    relay = RelayService(
+        reactor, endpoint, factory, metrics, options["relay-address"], options["grace-period"], backoff
+    )
+    observer = makeObserver(options["log-format"], options["log-level"], sys.stdout)
+    top = ConnectorService(options, metrics, observer)
+    top.relays.append(relay)
+    relay.setServiceParent(top)
+    strports.service(options["metrics-listen"], makeSite(metrics, top.relays), reactor=reactor).setServiceParent(top)
+    if installSignals:
+        reactor.addSystemEventTrigger("before", "shutdown", _exitOnSecondSignal)
+    return top
+
+
+def _exitOnSecondSignal() -> None:
+    def exitNow(signum: int, frame: Any) -> None:
+        sys.stderr.write(f"incident-connector: signal {signum} during drain: exiting now\n")
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, exitNow)
+    signal.signal(signal.SIGINT, exitNow)

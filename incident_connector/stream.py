@@ -1,0 +1,362 @@
+# -*- test-case-name: tests.test_stream -*-
+"""
+One forwarded stream: the SOCKS handshake on a C{forwarded-tcpip} channel, the
+allowlist decision, the dial, and then the splice between the channel and the
+destination's TCP connection.
+
+Back-pressure both ways keeps memory per stream bounded by the SSH windows:
+  - the destination not reading: its transport pauses us (we are its
+    producer) and we hold back the channel's window adjustments;
+  - the relay's window shut: Conch calls C{stopWriting} and we pause reading
+    from the destination until C{startWriting}.
+Half-close maps SSH EOF to TCP write shutdown and back.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.internet import defer, interfaces, protocol
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .allowlist import Allowlist
+from .dial import classify, dial
+from .metrics import ConnectorMetrics
+from .socks import ConnectRequest, MethodSelected, Reply, SOCKSError, SOCKSServerParser
+
+__all__ = ["ForwardedStream", "StreamSettings"]
+
+#: Our receive window per stream: large enough to keep a loopback relay busy.
+LOCAL_WINDOW = 2 * 1024 * 1024
+LOCAL_MAX_PACKET = 32768
+
+
+@dataclass
+class StreamSettings:
+    """
+    What every stream of a connector shares.
+
+    @ivar reactor: dials destinations and keeps time.
+    @ivar allowlist: which destinations may be reached.
+    @ivar metrics: where streams are counted.
+    @ivar connectTimeout: seconds to resolve and connect to a destination.
+    @ivar handshakeTimeout: seconds from channel open to a complete request.
+    @ivar idleTimeout: seconds without a byte either way before closing; 0 is never.
+    """
+
+    reactor: Any
+    allowlist: Allowlist
+    metrics: ConnectorMetrics
+    connectTimeout: float = 10.0
+    handshakeTimeout: float = 10.0
+    idleTimeout: float = 0.0
+
+
+class _Phase(enum.Enum):
+    HANDSHAKE = "handshake"
+    DIALING = "dialing"
+    RELAYING = "relaying"
+    CLOSING = "closing"
+
+
+def formatDestination(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@implementer(interfaces.IPushProducer)
+class ForwardedStream(SSHChannel):
+    """
+    The channel side of a stream; also the producer feeding the destination.
+
+    @ivar settings: the connector-wide L{StreamSettings}.
+    @ivar parser: the SOCKS handshake state machine.
+    @ivar target: the destination's protocol once connected.
+    @ivar windowHeld: read by L{RelayConnection.adjustWindow}: while true the
+        relay gets no more window, because the destination is not keeping up
+        or is not connected yet.
+    @ivar destination: C{host:port} as requested, for the log line.
+    @ivar result: how the stream ended, a C{streams_total} label.
+    @ivar bytesUp: payload bytes from the SOCKS client to the destination.
+    @ivar bytesDown: payload bytes from the destination to the SOCKS client.
+    """
+
+    name = b"forwarded-tcpip"
+    log = Logger()
+
+    def __init__(self, settings: StreamSettings, **kw: Any) -> None:
+        super().__init__(localWindow=LOCAL_WINDOW, localMaxPacket=LOCAL_MAX_PACKET, **kw)
+        self._log = Logger(namespace="twisted.conch.ssh.channel", source=self)
+        self.settings = settings
+        self.clock = settings.reactor
+        self.parser = SOCKSServerParser()
+        self.target: TargetProtocol | None = None
+        self.windowHeld = False
+        self.destination = "-"
+        self.result: str | None = None
+        self.bytesUp = 0
+        self.bytesDown = 0
+        self._phase = _Phase.HANDSHAKE
+        self._pending: list[bytes] = []
+        self._clientEOF = False
+        self._eofPending = False
+        self._dialing: defer.Deferred[Any] | None = None
+        self._timer: IDelayedCall | None = None
+        self._lastActivity = 0.0
+        self._opened = 0.0
+
+    # Channel events.
+
+    def channelOpen(self, specificData: bytes) -> None:
+        self._opened = self.clock.seconds()
+        self.settings.metrics.streamsActive.inc()
+        self._timer = self.clock.callLater(self.settings.handshakeTimeout, self._handshakeTimedOut)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._phase is _Phase.RELAYING:
+            assert self.target is not None
+            self.bytesUp += len(data)
+            self._lastActivity = self.clock.seconds()
+            self.target.transport.write(data)
+        elif self._phase is _Phase.HANDSHAKE:
+            self._handshake(data)
+        elif self._phase is _Phase.DIALING:
+            # Bounded: the window stays held until the destination accepts.
+            self._pending.append(data)
+
+    def eofReceived(self) -> None:
+        self._clientEOF = True
+        if self._phase is _Phase.RELAYING:
+            assert self.target is not None
+            self.target.transport.loseWriteConnection()
+        elif self._phase is _Phase.HANDSHAKE:
+            self._finish("bad_request")
+
+    def closeReceived(self) -> None:
+        # Whatever we still buffer can never be delivered: the relay will not
+        # open its window again.  Close now instead of waiting for it.
+        self.buf = b""
+        self.conn.sendClose(self)
+
+    def addWindowBytes(self, data: int) -> None:
+        super().addWindowBytes(data)
+        if self._eofPending and not self.buf:
+            self._eofPending = False
+            self.conn.sendEOF(self)
+
+    def stopWriting(self) -> None:
+        if self.target is not None and self.target.transport is not None:
+            self.target.transport.pauseProducing()
+
+    def startWriting(self) -> None:
+        if self.target is not None and self.target.transport is not None:
+            self.target.transport.resumeProducing()
+
+    def closed(self) -> None:
+        if self._dialing is not None and not self._dialing.called:
+            self._dialing.cancel()
+        if self.target is not None and self.target.transport is not None:
+            self.target.transport.loseConnection()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._report()
+
+    # IPushProducer, for the destination's transport.
+
+    def pauseProducing(self) -> None:
+        self.windowHeld = True
+
+    def resumeProducing(self) -> None:
+        self.windowHeld = False
+        self._reopenWindow()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # Handshake.
+
+    def _handshake(self, data: bytes) -> None:
+        try:
+            events = self.parser.feed(data)
+        except SOCKSError as e:
+            self._finish(e.reason, e.response)
+            return
+        for event in events:
+            if isinstance(event, MethodSelected):
+                self.write(event.response)
+            elif isinstance(event, ConnectRequest):
+                self._request(event)
+
+    def _handshakeTimedOut(self) -> None:
+        self._timer = None
+        if self._phase is _Phase.HANDSHAKE:
+            self._finish("timeout")
+
+    def _request(self, request: ConnectRequest) -> None:
+        settings = self.settings
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        settings.metrics.handshakeSeconds.observe(self.clock.seconds() - self._opened)
+        self.destination = formatDestination(request.host, request.port)
+        if not settings.allowlist.allows(request.host, request.port):
+            self._finish("denied", self.parser.reply(Reply.NOT_ALLOWED))
+            return
+        self._phase = _Phase.DIALING
+        self.windowHeld = True
+        if request.rest:
+            self._pending.append(request.rest)
+        started = self.clock.seconds()
+        self._dialing = dial(
+            settings.reactor, request.host, request.port, _TargetFactory(self), settings.connectTimeout
+        )
+
+        def connected(target: TargetProtocol) -> None:
+            settings.metrics.dialSeconds.observe(self.clock.seconds() - started)
+            self._connected(target)
+
+        self._dialing.addCallbacks(connected, self._dialFailed)
+
+    def _dialFailed(self, reason: Failure) -> None:
+        self._dialing = None
+        if self._phase is not _Phase.DIALING:
+            return
+        code, result = classify(reason)
+        self.log.debug(
+            "dial {destination} failed: {error}", destination=self.destination, error=reason.getErrorMessage()
+        )
+        self._finish(result, self.parser.reply(code))
+
+    def _connected(self, target: TargetProtocol) -> None:
+        self._dialing = None
+        if self._phase is not _Phase.DIALING:
+            target.transport.loseConnection()
+            return
+        self.target = target
+        self._phase = _Phase.RELAYING
+        bound = target.transport.getHost()
+        self.write(self.parser.reply(Reply.SUCCEEDED, (bound.host, bound.port)))
+        pending, self._pending = self._pending, []
+        for data in pending:
+            self.bytesUp += len(data)
+            target.transport.write(data)
+        target.transport.registerProducer(self, True)
+        if self._clientEOF:
+            target.transport.loseWriteConnection()
+        self._lastActivity = self.clock.seconds()
+        if self.settings.idleTimeout > 0:
+            self._timer = self.clock.callLater(self.settings.idleTimeout, self._checkIdle)
+        if not self.windowHeld:
+            return
+        self.windowHeld = False
+        self._reopenWindow()
+
+    # Splice.
+
+    def targetDataReceived(self, data: bytes) -> None:
+        self.bytesDown += len(data)
+        self._lastActivity = self.clock.seconds()
+        self.write(data)
+
+    def targetEOF(self) -> None:
+        """
+        The destination will send no more: pass EOF on after what we buffer.
+        """
+        if self.buf:
+            self._eofPending = True
+        else:
+            self.conn.sendEOF(self)
+
+    def targetLost(self) -> None:
+        if self._phase is _Phase.RELAYING:
+            self._finish("ok")
+
+    def _checkIdle(self) -> None:
+        self._timer = None
+        if self._phase is not _Phase.RELAYING:
+            return
+        idle = self.clock.seconds() - self._lastActivity
+        timeout = self.settings.idleTimeout
+        if idle >= timeout:
+            self.log.info("stream {destination} idle for {idle:.0f} s: closing", destination=self.destination, idle=idle)
+            self._finish("idle")
+            assert self.target is not None
+            self.target.transport.loseConnection()
+        else:
+            self._timer = self.clock.callLater(timeout - idle, self._checkIdle)
+
+    def _reopenWindow(self) -> None:
+        if self.localClosed or self.windowHeld:
+            return
+        if self.localWindowLeft < self.localWindowSize // 2:
+            self.conn.adjustWindow(self, self.localWindowSize - self.localWindowLeft)
+
+    def _finish(self, result: str, reply: bytes = b"") -> None:
+        """
+        End the stream: send C{reply} (if any) and close once it is flushed.
+        """
+        if self._phase is _Phase.CLOSING:
+            return
+        self._phase = _Phase.CLOSING
+        self.result = result
+        if reply:
+            self.write(reply)
+        self.loseConnection()
+
+    def _report(self) -> None:
+        result = self.result or ("ok" if self.target is not None else "bad_request")
+        metrics = self.settings.metrics
+        metrics.streamsActive.dec()
+        metrics.streams.labels(result=result).inc()
+        metrics.bytes.labels(direction="up").inc(self.bytesUp)
+        metrics.bytes.labels(direction="down").inc(self.bytesDown)
+        self.log.info(
+            "stream {destination} {result}: {up} bytes up, {down} bytes down, {duration:.3f} s",
+            destination=self.destination,
+            result=result,
+            up=self.bytesUp,
+            down=self.bytesDown,
+            duration=self.clock.seconds() - self._opened,
+        )
+
+
+@implementer(interfaces.IHalfCloseableProtocol)
+class TargetProtocol(protocol.Protocol):
+    """
+    The destination side of a stream.
+
+    @ivar stream: the channel this connection is spliced to.
+    """
+
+    def __init__(self, stream: ForwardedStream) -> None:
+        self.stream = stream
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.stream.targetDataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        self.stream.targetEOF()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.stream.targetLost()
+
+
+class _TargetFactory(protocol.ClientFactory):
+    noisy = False
+
+    def __init__(self, stream: ForwardedStream) -> None:
+        self.stream = stream
+
+    def buildProtocol(self, addr: Any) -> TargetProtocol:
+        return TargetProtocol(self.stream)

@@ -1,0 +1,138 @@
+# -*- test-case-name: tests.test_tunnel -*-
+"""
+The SSH transport to the relay: algorithm choice, host key verification, and
+the hand-off to user authentication once the connection is secure.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from twisted.conch.ssh import transport
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .hostkeys import HostKeyMismatch, HostKeyPolicy
+
+if TYPE_CHECKING:
+    from .auth import RelayUserAuth
+    from .connection import RelayConnection
+
+__all__ = ["RelayTransport", "RelayTransportFactory", "TunnelError"]
+
+
+class TunnelError(Exception):
+    """
+    The tunnel could not be established; the message says why, for operators.
+
+    @ivar reason: a short label for metrics (C{host_key}, C{auth}, ...).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RelayTransport(transport.SSHClientTransport):
+    """
+    One SSH connection to the relay.
+
+    @ivar factory: the L{RelayTransportFactory} that made this.
+    @ivar ready: fires with the allocated remote port once the forward is
+        granted, or fails with L{TunnelError} (or the connection's loss reason)
+        if it never is.
+    @ivar connection: the L{RelayConnection} once authentication succeeded.
+    @ivar whenLost: fires with a one-line reason when the connection ends.
+    """
+
+    # Only what the issue allows: no CBC/3DES, no SHA-1 or MD5 MACs.
+    supportedCiphers = [b"aes128-ctr", b"aes256-ctr", b"aes192-ctr"]
+    supportedMACs = [b"hmac-sha2-256", b"hmac-sha2-512"]
+    supportedKeyExchanges = [b"curve25519-sha256", b"curve25519-sha256@libssh.org"]
+
+    factory: RelayTransportFactory
+
+    def __init__(self) -> None:
+        self._log = Logger(namespace="twisted.conch.ssh.transport", source=self)
+        self.ready: defer.Deferred[int] = defer.Deferred()
+        self.whenLost: defer.Deferred[str] = defer.Deferred()
+        self.connection: RelayConnection | None = None
+        self._failure: TunnelError | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)
+        self.supportedPublicKeys = self.factory.hostKeyPolicy.preferredAlgorithms(
+            transport.SSHClientTransport.supportedPublicKeys
+        )
+        super().connectionMade()
+
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[None]:
+        """
+        Accept the relay only if the policy does; a failed Deferred makes Conch
+        disconnect before anything is authenticated.
+        """
+        try:
+            self.factory.hostKeyPolicy.verify(hostKey)
+        except HostKeyMismatch as e:
+            self.fail(TunnelError(f"host key verification failed: {e}", "host_key"))
+            return defer.fail(e)
+        return defer.succeed(None)
+
+    def connectionSecure(self) -> None:
+        self.requestService(self.factory.makeUserAuth(self))
+
+    def forwardGranted(self, port: int) -> None:
+        """
+        Called by the connection once the relay allocated C{port}.
+        """
+        if not self.ready.called:
+            self.ready.callback(port)
+
+    def fail(self, error: TunnelError) -> None:
+        """
+        Record why this connection cannot serve, and close it.
+        """
+        if self._failure is None:
+            self._failure = error
+        if not self.ready.called:
+            self.ready.errback(error)
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        self.fail(
+            TunnelError(
+                f"relay disconnected: {description.decode('utf-8', 'replace')} (code {reasonCode})",
+                "disconnected",
+            )
+        )
+        super().receiveError(reasonCode, description)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        message = reason.getErrorMessage() if reason is not None else "connection lost"
+        if self._failure is not None:
+            message = str(self._failure)
+        if not self.ready.called:
+            self.ready.errback(TunnelError(f"connection to relay lost: {message}", "connection_lost"))
+        super().connectionLost(reason)
+        self.whenLost.callback(message)
+
+
+class RelayTransportFactory(protocol.ClientFactory):
+    """
+    Builds L{RelayTransport}s.
+
+    @ivar hostKeyPolicy: decides whether the relay's host key is trusted.
+    @ivar makeUserAuth: given the transport, returns the user-auth service
+        (wrapping the connection service) to request once keys are exchanged.
+    """
+
+    protocol = RelayTransport
+    noisy = False
+
+    def __init__(
+        self,
+        hostKeyPolicy: HostKeyPolicy,
+        makeUserAuth: Callable[[RelayTransport], RelayUserAuth],
+    ) -> None:
+        self.hostKeyPolicy = hostKeyPolicy
+        self.makeUserAuth = makeUserAuth

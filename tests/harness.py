@@ -1,0 +1,359 @@
+"""
+Real components for end-to-end tests: a throwaway OpenSSH C{sshd} as the
+relay, the connector as a C{twistd} process, TCP targets in threads, and
+SOCKS clients.  Every wait has a deadline; nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+REPO = Path(__file__).resolve().parent.parent
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+class DeadlineExceeded(AssertionError):
+    pass
+
+
+def waitFor(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:
+    """
+    Poll C{condition} until it returns something true, or fail after C{timeout}.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def freePort(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def writeKeyPair(path: Path, comment: str = "test") -> str:
+    """
+    Write an unencrypted OpenSSH ed25519 private key at C{path}, the public
+    half at C{path}.pub; return the public line.
+    """
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+    )
+    path.chmod(0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    line = public.decode() + " " + comment
+    path.with_suffix(".pub").write_text(line + "\n")
+    return line
+
+
+def fingerprintOf(publicLine: str) -> str:
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", "-"], input=publicLine, capture_output=True, text=True, check=True
+    ).stdout
+    return out.split()[1]
+
+
+class Relay:
+    """
+    A real OpenSSH sshd, run as the current user on a loopback port.
+
+    @ivar port: where it listens.
+    @ivar hostKeyLine: its public host key, as in a .pub file.
+    @ivar log: its log file (C{-E}).
+    """
+
+    def __init__(self, workdir: Path, extraConfig: str = "", port: int | None = None) -> None:
+        if not os.path.exists(SSHD):
+            raise AssertionError(f"sshd not found at {SSHD}: install openssh-server (.ci/run does)")
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or freePort()
+        self.extraConfig = extraConfig
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "sshd.log"
+        self.userKey = self.dir / "id_ed25519"
+        self.userKeyLine = writeKeyPair(self.userKey, "connector")
+        (self.dir / "authorized_keys").write_text(self.userKeyLine + "\n")
+        self.newHostKey()
+        if os.geteuid() == 0:
+            os.makedirs("/run/sshd", exist_ok=True)
+
+    def newHostKey(self) -> None:
+        self.hostKey = self.dir / "host_ed25519"
+        for p in (self.hostKey, self.hostKey.with_suffix(".pub")):
+            if p.exists():
+                p.unlink()
+        self.hostKeyLine = writeKeyPair(self.hostKey, "relay")
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprintOf(self.hostKeyLine)
+
+    def knownHosts(self, path: Path | None = None) -> Path:
+        path = path or self.dir / "known_hosts"
+        keyType, blob = self.hostKeyLine.split()[:2]
+        path.write_text(f"[127.0.0.1]:{self.port} {keyType} {blob}\n")
+        return path
+
+    def start(self) -> Relay:
+        config = self.dir / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.hostKey}",
+                    f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+                    f"PidFile {self.dir / 'sshd.pid'}",
+                    "StrictModes no",
+                    "UsePAM no",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    "AllowTcpForwarding remote",
+                    "LogLevel VERBOSE",
+                    self.extraConfig,
+                ]
+            )
+            + "\n"
+        )
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+        waitFor(self._listening, 10, f"sshd on port {self.port}")
+        return self
+
+    def _listening(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"sshd exited with {self.process.returncode}:\n{self.log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+        # sshd's per-connection children outlive the listener: end them too.
+        subprocess.run(["pkill", "-f", f"sshd.*{self.dir}"], check=False)
+
+    def freeze(self) -> None:
+        """
+        SIGSTOP the listener and its per-connection children: the relay accepts
+        nothing and answers nothing, but its sockets stay open.
+        """
+        subprocess.run(["pkill", "-STOP", "-f", f"sshd.*{self.dir}"], check=False)
+
+    def thaw(self) -> None:
+        subprocess.run(["pkill", "-CONT", "-f", f"sshd.*{self.dir}"], check=False)
+
+
+class Connector:
+    """
+    The connector as operators run it: C{twistd -n incident-connector ...}.
+
+    @ivar output: the file collecting its stdout and stderr.
+    @ivar metricsPort: where its /metrics, /healthz and /readyz are served.
+    """
+
+    def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.output = self.dir / f"connector-{id(self)}.log"
+        self.metricsPort = freePort()
+        self.args = args
+        self.env = env or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Connector:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENT_CONNECTOR_")}
+        env["PYTHONPATH"] = str(REPO)
+        env.update(self.env)
+        command = twistdCommand() + [
+            "-n",
+            "--pidfile=",
+            "incident-connector",
+            f"--metrics-listen=tcp:{self.metricsPort}:interface=127.0.0.1",
+            *self.args,
+        ]
+        with open(self.output, "ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=out, cwd=self.dir, env=env)
+        return self
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def waitForLog(self, pattern: str, timeout: float = 15.0, after: int = 0) -> re.Match[str]:
+        def found() -> re.Match[str] | None:
+            if self.process is not None and self.process.poll() is not None:
+                match = re.search(pattern, self.text()[after:])
+                if match:
+                    return match
+                raise AssertionError(f"connector exited ({self.process.returncode}):\n{self.text()}")
+            return re.search(pattern, self.text()[after:])
+
+        try:
+            return waitFor(found, timeout, f"log line /{pattern}/")
+        except DeadlineExceeded:
+            raise DeadlineExceeded(f"no /{pattern}/ in {timeout} s; log:\n{self.text()[-4000:]}") from None
+
+    def allocatedPort(self, timeout: float = 15.0, after: int = 0) -> int:
+        match = self.waitForLog(r"Allocated port (\d+) for remote forward to socks", timeout, after)
+        return int(match.group(1))
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metricsPort}{path}", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def twistdCommand() -> list[str]:
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class Target:
+    """
+    A TCP server in a thread, handling each connection with C{handler(sock)}.
+
+    @ivar accepts: how many connections it accepted.
+    """
+
+    def __init__(self, handler: Callable[[socket.socket], None], host: str = "127.0.0.1") -> None:
+        target = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with target._lock:
+                    target.accepts += 1
+                try:
+                    handler(self.request)
+                except OSError:
+                    pass
+
+        self.accepts = 0
+        self._lock = threading.Lock()
+        serverClass: type[_Server] = _Server
+        if ":" in host:
+            serverClass = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
+        self.server = serverClass((host, 0), Handler)
+        self.host = host
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def echo(sock: socket.socket) -> None:
+    while data := sock.recv(65536):
+        sock.sendall(data)
+
+
+def http200(sock: socket.socket) -> None:
+    request = b""
+    while b"\r\n\r\n" not in request:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return
+        request += chunk
+    body = b"hello from the private network\n"
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+
+
+def socks5Connect(proxyPort: int, host: str, port: int, timeout: float = 10.0) -> tuple[socket.socket, int]:
+    """
+    A raw SOCKS5 CONNECT by name or address; returns the socket and the reply code.
+    """
+    import ipaddress
+
+    sock = socket.create_connection(("127.0.0.1", proxyPort), timeout=timeout)
+    sock.sendall(b"\x05\x01\x00")
+    assert recvExactly(sock, 2) == b"\x05\x00"
+    try:
+        address = ipaddress.ip_address(host)
+        atyp = b"\x01" if address.version == 4 else b"\x04"
+        dest = atyp + address.packed
+    except ValueError:
+        dest = b"\x03" + bytes([len(host)]) + host.encode()
+    sock.sendall(b"\x05\x01\x00" + dest + port.to_bytes(2, "big"))
+    head = recvExactly(sock, 4)
+    assert head[0] == 5, head
+    rest = {1: 4, 4: 16}.get(head[3], 0) + 2
+    recvExactly(sock, rest)
+    return sock, head[1]
+
+
+def recvExactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {count} bytes")
+        data += chunk
+    return data
+
+
+def recvAll(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def tempdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
