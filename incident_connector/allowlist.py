@@ -64,9 +64,7 @@ def parseRule(entry: str) -> Rule:
         if not sep:
             raise AllowlistError(f"allowlist entry {entry!r}: expected 'host:port'")
         if ":" in host:
-            raise AllowlistError(
-                f"allowlist entry {entry!r}: write IPv6 addresses in brackets, as '[::1]:443'"
-            )
+            raise AllowlistError(f"allowlist entry {entry!r}: write IPv6 addresses in brackets, as '[::1]:443'")
     if not host:
         raise AllowlistError(f"allowlist entry {entry!r}: empty host")
     return Rule(None if host == "*" else host, _parsePort(portText, entry), entry)

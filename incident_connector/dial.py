@@ -18,9 +18,7 @@ from .socks import Reply
 __all__ = ["classify", "dial"]
 
 
-def dial(
-    reactor: Any, host: str, port: int, factory: IProtocolFactory, timeout: float
-) -> defer.Deferred[IProtocol]:
+def dial(reactor: Any, host: str, port: int, factory: IProtocolFactory, timeout: float) -> defer.Deferred[IProtocol]:
     """
     Connect to C{host}:C{port} (a name or an IP literal), trying every address
     the name resolves to, all within C{timeout} seconds including resolution.

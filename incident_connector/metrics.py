@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import platform
 
-import twisted
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -20,6 +19,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+
+import twisted
 
 from . import __version__
 

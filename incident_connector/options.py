@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 from twisted.python import usage
 
@@ -191,9 +191,7 @@ class Options(usage.Options):
         if self["relay-user"] is None:
             raise ConfigurationError("--relay-user (or --connector-id) is required")
         if self["known-hosts"] is None and self["relay-host-key"] is None:
-            raise ConfigurationError(
-                "the relay's host key must be pinned: give --known-hosts or --relay-host-key"
-            )
+            raise ConfigurationError("the relay's host key must be pinned: give --known-hosts or --relay-host-key")
         if self["known-hosts"] is not None and not os.path.isfile(self["known-hosts"]):
             raise ConfigurationError(f"--known-hosts {self['known-hosts']!r}: no such file")
         pin = self["relay-host-key"]

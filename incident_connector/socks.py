@@ -22,12 +22,12 @@ __all__ = [
     "ConnectRequest",
     "MalformedRequest",
     "MethodSelected",
+    "NoAcceptableMethods",
     "Reply",
     "SOCKSError",
     "SOCKSServerParser",
-    "UnsupportedCommand",
     "UnsupportedAddressType",
-    "NoAcceptableMethods",
+    "UnsupportedCommand",
 ]
 
 #: Longest greeting, request or SOCKS4 user ID we buffer before giving up.
@@ -97,7 +97,8 @@ class SOCKSError(Exception):
     """
     The exchange cannot go on.
 
-    @ivar response: bytes to send before closing (may be empty).
+    @ivar response: everything to send before closing (may be empty),
+        including the method selection for a greeting the same bytes completed.
     @ivar reason: a short label for logs and metrics.
     """
 
@@ -190,15 +191,20 @@ class SOCKSServerParser:
             raise RuntimeError("the handshake is over; payload is not parsed")
         self._buffer += data
         events: list[MethodSelected | ConnectRequest] = []
-        while True:
-            event = self._step()
-            if event is None:
-                break
-            events.append(event)
-            if isinstance(event, ConnectRequest):
-                break
-        if self._state is not _State.DONE and len(self._buffer) > MAX_HANDSHAKE:
-            raise MalformedRequest("handshake too long", self._failure(Reply.GENERAL_FAILURE))
+        try:
+            while True:
+                event = self._step()
+                if event is None:
+                    break
+                events.append(event)
+                if isinstance(event, ConnectRequest):
+                    break
+            if self._state is not _State.DONE and len(self._buffer) > MAX_HANDSHAKE:
+                raise MalformedRequest("handshake too long", self._failure(Reply.GENERAL_FAILURE))
+        except SOCKSError as e:
+            # A greeting completed by the same bytes still gets its answer first.
+            e.response = b"".join(ev.response for ev in events if isinstance(ev, MethodSelected)) + e.response
+            raise
         return events
 
     def reply(self, code: Reply, bound: tuple[str, int] = ("0.0.0.0", 0)) -> bytes:
@@ -266,16 +272,10 @@ class SOCKSServerParser:
         else:
             # The command is judged first: a BIND with a bad address is still a BIND.
             if command != 0x01:
-                raise UnsupportedCommand(
-                    f"command {command:#04x}", self.reply(Reply.COMMAND_NOT_SUPPORTED)
-                )
-            raise UnsupportedAddressType(
-                f"address type {atyp:#04x}", self.reply(Reply.ADDRESS_TYPE_NOT_SUPPORTED)
-            )
+                raise UnsupportedCommand(f"command {command:#04x}", self.reply(Reply.COMMAND_NOT_SUPPORTED))
+            raise UnsupportedAddressType(f"address type {atyp:#04x}", self.reply(Reply.ADDRESS_TYPE_NOT_SUPPORTED))
         if command != 0x01:
-            raise UnsupportedCommand(
-                f"command {command:#04x}", self.reply(Reply.COMMAND_NOT_SUPPORTED)
-            )
+            raise UnsupportedCommand(f"command {command:#04x}", self.reply(Reply.COMMAND_NOT_SUPPORTED))
         if len(buf) < end + 2:
             return None
         if addressType is AddressType.DOMAIN:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.conch.ssh.channel import SSHChannel
-from twisted.internet import defer, interfaces, protocol
+from twisted.internet import defer, interfaces, protocol, tcp
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,6 +29,9 @@ from .allowlist import Allowlist
 from .dial import classify, dial
 from .metrics import ConnectorMetrics
 from .socks import ConnectRequest, MethodSelected, Reply, SOCKSError, SOCKSServerParser
+
+if TYPE_CHECKING:
+    from .tunnel.connection import RelayConnection
 
 __all__ = ["ForwardedStream", "StreamSettings"]
 
@@ -87,6 +90,7 @@ class ForwardedStream(SSHChannel):
     """
 
     name = b"forwarded-tcpip"
+    conn: RelayConnection
     log = Logger()
 
     def __init__(self, settings: StreamSettings, **kw: Any) -> None:
@@ -122,7 +126,7 @@ class ForwardedStream(SSHChannel):
             assert self.target is not None
             self.bytesUp += len(data)
             self._lastActivity = self.clock.seconds()
-            self.target.transport.write(data)
+            self.target.tcp.write(data)
         elif self._phase is _Phase.HANDSHAKE:
             self._handshake(data)
         elif self._phase is _Phase.DIALING:
@@ -133,7 +137,7 @@ class ForwardedStream(SSHChannel):
         self._clientEOF = True
         if self._phase is _Phase.RELAYING:
             assert self.target is not None
-            self.target.transport.loseWriteConnection()
+            self.target.shutdownWrite()
         elif self._phase is _Phase.HANDSHAKE:
             self._finish("bad_request")
 
@@ -150,18 +154,18 @@ class ForwardedStream(SSHChannel):
             self.conn.sendEOF(self)
 
     def stopWriting(self) -> None:
-        if self.target is not None and self.target.transport is not None:
-            self.target.transport.pauseProducing()
+        if self.target is not None:
+            self.target.tcp.pauseProducing()
 
     def startWriting(self) -> None:
-        if self.target is not None and self.target.transport is not None:
-            self.target.transport.resumeProducing()
+        if self.target is not None:
+            self.target.tcp.resumeProducing()
 
     def closed(self) -> None:
         if self._dialing is not None and not self._dialing.called:
             self._dialing.cancel()
-        if self.target is not None and self.target.transport is not None:
-            self.target.transport.loseConnection()
+        if self.target is not None:
+            self.target.close()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._report()
@@ -235,19 +239,20 @@ class ForwardedStream(SSHChannel):
     def _connected(self, target: TargetProtocol) -> None:
         self._dialing = None
         if self._phase is not _Phase.DIALING:
-            target.transport.loseConnection()
+            target.tcp.loseConnection()
             return
         self.target = target
         self._phase = _Phase.RELAYING
-        bound = target.transport.getHost()
+        bound = target.tcp.getHost()
         self.write(self.parser.reply(Reply.SUCCEEDED, (bound.host, bound.port)))
         pending, self._pending = self._pending, []
         for data in pending:
             self.bytesUp += len(data)
-            target.transport.write(data)
-        target.transport.registerProducer(self, True)
+            target.tcp.write(data)
         if self._clientEOF:
-            target.transport.loseWriteConnection()
+            target.shutdownWrite()
+        else:
+            target.tcp.registerProducer(self, True)
         self._lastActivity = self.clock.seconds()
         if self.settings.idleTimeout > 0:
             self._timer = self.clock.callLater(self.settings.idleTimeout, self._checkIdle)
@@ -283,10 +288,12 @@ class ForwardedStream(SSHChannel):
         idle = self.clock.seconds() - self._lastActivity
         timeout = self.settings.idleTimeout
         if idle >= timeout:
-            self.log.info("stream {destination} idle for {idle:.0f} s: closing", destination=self.destination, idle=idle)
+            self.log.info(
+                "stream {destination} idle for {idle:.0f} s: closing", destination=self.destination, idle=idle
+            )
             self._finish("idle")
             assert self.target is not None
-            self.target.transport.loseConnection()
+            self.target.close()
         else:
             self._timer = self.clock.callLater(timeout - idle, self._checkIdle)
 
@@ -336,8 +343,35 @@ class TargetProtocol(protocol.Protocol):
     def __init__(self, stream: ForwardedStream) -> None:
         self.stream = stream
 
+    @property
+    def tcp(self) -> tcp.Connection:
+        """
+        The transport, typed as what it is: a TCP connection (and producer).
+        """
+        return cast(tcp.Connection, self.transport)
+
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
+        self.tcp.setTcpNoDelay(True)
+
+    # A TCP transport whose buffer drains while its streaming producer is
+    # paused resumes the producer *instead of* finishing a pending half-close
+    # or close (twisted.internet.abstract.FileDescriptor.doWrite), so the EOF
+    # would never be sent.  The stream produces nothing after either, so
+    # unregister it first.
+
+    def shutdownWrite(self) -> None:
+        """
+        Send FIN once everything buffered is written.
+        """
+        self.tcp.unregisterProducer()
+        self.tcp.loseWriteConnection()
+
+    def close(self) -> None:
+        """
+        Close once everything buffered is written.
+        """
+        self.tcp.unregisterProducer()
+        self.tcp.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.stream.targetDataReceived(data)

@@ -33,7 +33,9 @@ class DeadlineExceeded(AssertionError):
     pass
 
 
-def waitFor(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> Any:
+def waitFor(
+    condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition", interval: float = 0.02
+) -> Any:
     """
     Poll C{condition} until it returns something true, or fail after C{timeout}.
     """
@@ -61,9 +63,7 @@ def writeKeyPair(path: Path, comment: str = "test") -> str:
     """
     key = ed25519.Ed25519PrivateKey.generate()
     path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
     )
     path.chmod(0o600)
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
@@ -158,27 +158,32 @@ class Relay:
             return False
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        """
+        End the listener and every per-connection child, like a relay crash.
+        """
+        if self.process is None:
+            return
+        self._signalAll(signal.SIGKILL)
+        self.process.wait(10)
         self.process = None
-        # sshd's per-connection children outlive the listener: end them too.
-        subprocess.run(["pkill", "-f", f"sshd.*{self.dir}"], check=False)
 
     def freeze(self) -> None:
         """
         SIGSTOP the listener and its per-connection children: the relay accepts
         nothing and answers nothing, but its sockets stay open.
         """
-        subprocess.run(["pkill", "-STOP", "-f", f"sshd.*{self.dir}"], check=False)
+        self._signalAll(signal.SIGSTOP)
 
     def thaw(self) -> None:
-        subprocess.run(["pkill", "-CONT", "-f", f"sshd.*{self.dir}"], check=False)
+        self._signalAll(signal.SIGCONT)
+
+    def _signalAll(self, signum: int) -> None:
+        assert self.process is not None
+        for pid in [self.process.pid, *descendants(self.process.pid)]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
 
 class Connector:
@@ -202,13 +207,8 @@ class Connector:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENT_CONNECTOR_")}
         env["PYTHONPATH"] = str(REPO)
         env.update(self.env)
-        command = twistdCommand() + [
-            "-n",
-            "--pidfile=",
-            "incident-connector",
-            f"--metrics-listen=tcp:{self.metricsPort}:interface=127.0.0.1",
-            *self.args,
-        ]
+        metrics = f"--metrics-listen=tcp:{self.metricsPort}:interface=127.0.0.1"
+        command = [*twistdCommand(), "-n", "--pidfile=", "incident-connector", metrics, *self.args]
         with open(self.output, "ab") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=out, cwd=self.dir, env=env)
         return self
@@ -255,12 +255,38 @@ class Connector:
             self.process.wait(10)
 
 
+def descendants(pid: int) -> list[int]:
+    """
+    Every live descendant of C{pid}, from /proc (sshd's children rename
+    themselves, so matching command lines would miss them).
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def twistdCommand() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
+    # socketserver's default backlog of 5 drops SYNs under 200 concurrent dials.
+    request_queue_size = 1024
     daemon_threads = True
 
 
@@ -271,7 +297,9 @@ class Target:
     @ivar accepts: how many connections it accepted.
     """
 
-    def __init__(self, handler: Callable[[socket.socket], None], host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, handler: Callable[[socket.socket], None], host: str = "127.0.0.1", receiveBuffer: int = 0
+    ) -> None:
         target = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -288,7 +316,12 @@ class Target:
         serverClass: type[_Server] = _Server
         if ":" in host:
             serverClass = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-        self.server = serverClass((host, 0), Handler)
+        self.server = serverClass((host, 0), Handler, bind_and_activate=False)
+        if receiveBuffer:
+            # Set before listen() so accepted sockets inherit it.
+            self.server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receiveBuffer)
+        self.server.server_bind()
+        self.server.server_activate()
         self.host = host
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

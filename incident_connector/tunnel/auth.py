@@ -15,6 +15,8 @@ from .transport import TunnelError
 if TYPE_CHECKING:
     from twisted.conch.ssh.service import SSHService
 
+    from .transport import RelayTransport
+
 __all__ = ["RelayUserAuth", "loadIdentity"]
 
 
@@ -30,9 +32,7 @@ def loadIdentity(path: str) -> keys.Key:
         raise ValueError(f"cannot load {path!r}: {e}") from None
     if not key.isPublic() and key.type() in ("Ed25519", "EC"):
         return key
-    raise ValueError(
-        f"{path!r} is a {key.type()} key; use ed25519 (Conch signs RSA with SHA-1, which OpenSSH refuses)"
-    )
+    raise ValueError(f"{path!r} is a {key.type()} key; use ed25519 (Conch signs RSA with SHA-1, which OpenSSH refuses)")
 
 
 class RelayUserAuth(userauth.SSHUserAuthClient):
@@ -43,6 +43,7 @@ class RelayUserAuth(userauth.SSHUserAuthClient):
     """
 
     preferredOrder = [b"publickey"]
+    transport: RelayTransport
 
     def __init__(self, user: bytes, instance: SSHService, key: keys.Key) -> None:
         super().__init__(user, instance)

@@ -8,13 +8,14 @@ connection provably alive, and drains it on shutdown.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import common, connection, forwarding
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -120,7 +121,7 @@ class RelayConnection(connection.SSHConnection):
                 self._keepalive.stop()
             self.transport.fail(TunnelError("relay stopped answering keepalives", "keepalive_timeout"))
             # A frozen peer never drains our send buffer: don't wait for it.
-            self.transport.transport.abortConnection()
+            cast(ITCPTransport, self.transport.transport).abortConnection()
             return
         self._missedKeepalives += 1
         sent = self.clock.seconds()
@@ -132,7 +133,7 @@ class RelayConnection(connection.SSHConnection):
 
         def stopped(reason: Failure) -> None:
             reason.trap(ConchError)
-            if reason.value.value != "Connection stopped.":
+            if cast(ConchError, reason.value).value != "Connection stopped.":
                 answered(None)
 
         request = self.sendGlobalRequest(b"keepalive@openssh.com", b"", wantReply=True)

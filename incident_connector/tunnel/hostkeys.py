@@ -83,9 +83,7 @@ class HostKeyPolicy:
         key = Key.fromString(blob)
         seen = fingerprint(key)
         if self.pin is not None and seen != self.pin:
-            raise HostKeyMismatch(
-                f"relay host key {seen} does not match --relay-host-key {self.pin}"
-            )
+            raise HostKeyMismatch(f"relay host key {seen} does not match --relay-host-key {self.pin}")
         if self.knownHosts is not None:
             name = knownHostsName(self.host, self.port)
             try:

@@ -7,14 +7,16 @@ wait after a failure, and how to drain on shutdown.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..metrics import ConnectorMetrics
 from .transport import RelayTransport, TunnelError
@@ -127,7 +129,7 @@ class RelayService(service.Service):
             drained = defer.succeed(None)
         return drained.addCallback(lambda _: client.stopService())
 
-    def attemptFailed(self, error: Exception, reason: str) -> None:
+    def attemptFailed(self, error: BaseException, reason: str) -> None:
         """
         Log and count a connection attempt or a live connection that failed.
         """
@@ -135,7 +137,10 @@ class RelayService(service.Service):
         self.metrics.connectionFailures.labels(connection=self._label, reason=reason).inc()
         self._log.error("relay {relay}: {error}", relay=self.relayName, error=self.lastError)
 
-    def _prepare(self, proto: RelayTransport) -> defer.Deferred[int]:
+    def _prepare(self, connected: IProtocol) -> defer.Deferred[int]:
+        # ClientService hands us a proxy that forwards attribute access to our protocol.
+        proto = cast(RelayTransport, connected)
+
         def granted(port: int) -> int:
             started = self.reactor.seconds()
             self.transport = proto
@@ -146,9 +151,10 @@ class RelayService(service.Service):
             return port
 
         def failed(reason: Failure) -> Failure:
-            error = reason.value
+            error = cast(Exception, reason.value)
             self.attemptFailed(error, error.reason if isinstance(error, TunnelError) else "error")
-            proto.transport.loseConnection()
+            if proto.transport is not None:
+                proto.transport.loseConnection()
             return reason
 
         def lost(message: str, started: float) -> None:
@@ -162,6 +168,7 @@ class RelayService(service.Service):
         return proto.ready.addCallbacks(granted, failed)
 
 
+@implementer(IStreamClientEndpoint)
 class _AttemptEndpoint:
     """
     Wraps the relay endpoint to log every attempt and count TCP-level failures.

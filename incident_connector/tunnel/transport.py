@@ -6,10 +6,12 @@ the hand-off to user authentication once the connection is secure.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from twisted.conch.ssh import transport
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -61,7 +63,8 @@ class RelayTransport(transport.SSHClientTransport):
         self._failure: TunnelError | None = None
 
     def connectionMade(self) -> None:
-        self.transport.setTcpNoDelay(True)
+        if ITCPTransport.providedBy(self.transport):
+            cast(ITCPTransport, self.transport).setTcpNoDelay(True)
         self.supportedPublicKeys = self.factory.hostKeyPolicy.preferredAlgorithms(
             transport.SSHClientTransport.supportedPublicKeys
         )
@@ -117,7 +120,7 @@ class RelayTransport(transport.SSHClientTransport):
         self.whenLost.callback(message)
 
 
-class RelayTransportFactory(protocol.ClientFactory):
+class RelayTransportFactory(protocol.ClientFactory[RelayTransport]):
     """
     Builds L{RelayTransport}s.
 
@@ -126,7 +129,6 @@ class RelayTransportFactory(protocol.ClientFactory):
         (wrapping the connection service) to request once keys are exchanged.
     """
 
-    protocol = RelayTransport
     noisy = False
 
     def __init__(
@@ -136,3 +138,4 @@ class RelayTransportFactory(protocol.ClientFactory):
     ) -> None:
         self.hostKeyPolicy = hostKeyPolicy
         self.makeUserAuth = makeUserAuth
+        self.protocol = RelayTransport

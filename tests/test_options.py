@@ -1,0 +1,130 @@
+"""
+Options: flags beat environment, which beats defaults; every error is one line.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from incident_connector.options import Options, envName, parseHostPort
+
+from .harness import REPO, twistdCommand, writeKeyPair
+
+PIN = "SHA256:" + "A" * 43
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.key = Path(self.mktemp()).resolve()
+        writeKeyPair(self.key)
+        self.base = ["--identity-file", str(self.key), "--relay-user", "u", "--relay-host-key", PIN]
+
+    def parse(self, args: list[str], env: dict[str, str] | None = None) -> Options:
+        options = Options(environ=env or {})
+        options.parseOptions(args)
+        return options
+
+    def parseError(self, args: list[str], env: dict[str, str] | None = None) -> str:
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        exc = self.assertRaises(SystemExit, self.parse, args, env)
+        self.assertEqual(exc.code, 2)
+        lines = stderr.getvalue().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        return lines[0]
+
+    def test_defaults(self) -> None:
+        options = self.parse(self.base)
+        self.assertEqual((options.relayHost, options.relayPort), ("relay.incident.io", 443))
+        self.assertEqual(options["metrics-listen"], "tcp:9090")
+        self.assertEqual(options["keepalive-interval"], 15.0)
+        self.assertEqual(options["max-streams"], 1024)
+        self.assertTrue(options.allowlist.permitAll)
+
+    def test_envAndFlagPrecedence(self) -> None:
+        env = {envName("max-streams"): "7", envName("relay-address"): "[::1]:2222"}
+        options = self.parse(self.base, env)
+        self.assertEqual(options["max-streams"], 7)
+        self.assertEqual((options.relayHost, options.relayPort), ("::1", 2222))
+        options = self.parse([*self.base, "--max-streams", "9"], env)
+        self.assertEqual(options["max-streams"], 9)
+
+    def test_relayUserDefaultsToConnectorId(self) -> None:
+        args = ["--identity-file", str(self.key), "--relay-host-key", PIN, "--connector-id", "conn-1"]
+        self.assertEqual(self.parse(args)["relay-user"], "conn-1")
+
+    def test_badValues(self) -> None:
+        for args, message in [
+            (["--max-streams", "x"], "--max-streams 'x': expected a whole number"),
+            (["--max-streams", "0"], "must be at least 1"),
+            (["--keepalive-interval", "-1"], "must not be negative"),
+            (["--relay-address", "a:b:c"], "--relay-address"),
+            (["--relay-address", "host:99999"], "port must be 1-65535"),
+            (["--forward-dest-allowlist", "db"], "allowlist entry 'db'"),
+            (["--relay-host-key", "md5:xx"], "expected SHA256:"),
+            (["--log-format", "xml"], "must be one of text, json"),
+            (["--bogus"], "option --bogus not recognized"),
+        ]:
+            line = self.parseError([*self.base, *args])
+            self.assertIn(message, line)
+            self.assertTrue(line.startswith("incident-connector: error: "), line)
+
+    def test_hostKeyRequired(self) -> None:
+        line = self.parseError(["--identity-file", str(self.key), "--relay-user", "u"])
+        self.assertIn("--known-hosts or --relay-host-key", line)
+
+    def test_missingIdentity(self) -> None:
+        line = self.parseError(["--identity-file", "/nonexistent", "--relay-user", "u", "--relay-host-key", PIN])
+        self.assertIn("no such file", line)
+
+    def test_tokenHidden(self) -> None:
+        """
+        The token never shows in --help, in errors or in the options' repr.
+        """
+        env = {envName("api-token"): "s3cret-token"}
+        options = self.parse(self.base, env)
+        self.assertNotIn("s3cret-token", repr(options))
+        self.assertNotIn("s3cret-token", str(options))
+        line = self.parseError(["--connector-id", "c", "--relay-host-key", PIN], env)
+        self.assertNotIn("s3cret-token", line)
+
+    def test_parseHostPort(self) -> None:
+        self.assertEqual(parseHostPort("[::1]:22"), ("::1", 22))
+        self.assertEqual(parseHostPort("h", 22), ("h", 22))
+        self.assertRaises(ValueError, parseHostPort, "h")
+
+
+class CommandLineTests(SynchronousTestCase):
+    """
+    The real twistd command line, as operators type it.
+    """
+
+    def twistd(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*twistdCommand(), "-n", "--pidfile=", "incident-connector", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})},
+        )
+
+    def test_badFlagOneLine(self) -> None:
+        result = self.twistd(["--max-streams", "lots"])
+        self.assertEqual(result.returncode, 2)
+        self.assertEqual(
+            result.stderr.strip().splitlines(),
+            ["incident-connector: error: --max-streams 'lots': expected a whole number"],
+        )
+        self.assertEqual(result.stdout, "")
+
+    def test_helpHidesToken(self) -> None:
+        result = self.twistd(["--help"], {envName("api-token"): "s3cret-token"})
+        self.assertEqual(result.returncode, 0)
+        self.assertIn("--forward-dest-allowlist", result.stdout)
+        self.assertIn("INCIDENT_CONNECTOR_API_TOKEN", result.stdout)
+        self.assertNotIn("s3cret-token", result.stdout + result.stderr)
