@@ -29,4 +29,6 @@ def makeObserver(format: str, level: str, stream: IO[str]) -> ILogObserver:
     if level != "debug":
         # Conch narrates every channel and packet at info.
         predicate.setLogLevelForNamespace("twisted.conch", LogLevel.warn)
+        # ClientService's own retry line; the relay service logs a clearer one.
+        predicate.setLogLevelForNamespace("twisted.application._client_service", LogLevel.warn)
     return FilteringLogObserver(inner, [predicate])

@@ -120,7 +120,17 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     strports.service(options["metrics-listen"], makeSite(metrics, top.relays), reactor=reactor).setServiceParent(top)
     if installSignals:
         reactor.addSystemEventTrigger("before", "shutdown", _exitOnSecondSignal)
+        reactor.addSystemEventTrigger("during", "shutdown", _cleanExit, reactor)
     return top
+
+
+def _cleanExit(reactor: Any) -> None:
+    """
+    Runs once every service stopped, so the drain is over.  twistd re-raises
+    the signal that stopped the reactor, so the process would die "of
+    SIGTERM"; after a finished drain the exit is clean and the status is 0.
+    """
+    reactor._exitSignal = None
 
 
 def _exitOnSecondSignal() -> None:

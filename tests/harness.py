@@ -126,6 +126,8 @@ class Relay:
         config.write_text(
             "\n".join(
                 [
+                    # sshd keeps the first value it reads for a keyword: overrides go first.
+                    self.extraConfig,
                     f"Port {self.port}",
                     "ListenAddress 127.0.0.1",
                     f"HostKey {self.hostKey}",
@@ -138,7 +140,6 @@ class Relay:
                     "PermitRootLogin prohibit-password",
                     "AllowTcpForwarding remote",
                     "LogLevel VERBOSE",
-                    self.extraConfig,
                 ]
             )
             + "\n"

@@ -52,7 +52,9 @@ class Backoff:
         self.penalty = 0
 
     def __call__(self, attempt: int) -> float:
-        return self._policy(attempt + self.penalty)
+        # ClientService counts failed TCP attempts from 1 and forgets them on
+        # every connection; penalty counts the connections that failed since.
+        return self._policy(max(0, attempt - 1 + max(0, self.penalty - 1)))
 
     def connectionEnded(self, uptime: float) -> None:
         self.penalty = 0 if uptime >= self.stableAfter else self.penalty + 1
@@ -111,9 +113,8 @@ class RelayService(service.Service):
         self._client = ClientService(
             _AttemptEndpoint(self),
             self.factory,
-            retryPolicy=self.backoff,
+            retryPolicy=self._retryDelay,
             clock=self.reactor,
-            prepareConnection=self._prepare,
         )
         self._client.startService()
 
@@ -129,6 +130,11 @@ class RelayService(service.Service):
             drained = defer.succeed(None)
         return drained.addCallback(lambda _: client.stopService())
 
+    def _retryDelay(self, attempt: int) -> float:
+        delay = self.backoff(attempt)
+        self._log.info("retrying relay {relay} in {delay:.1f} s", relay=self.relayName, delay=delay)
+        return delay
+
     def attemptFailed(self, error: BaseException, reason: str) -> None:
         """
         Log and count a connection attempt or a live connection that failed.
@@ -137,35 +143,47 @@ class RelayService(service.Service):
         self.metrics.connectionFailures.labels(connection=self._label, reason=reason).inc()
         self._log.error("relay {relay}: {error}", relay=self.relayName, error=self.lastError)
 
-    def _prepare(self, connected: IProtocol) -> defer.Deferred[int]:
-        # ClientService hands us a proxy that forwards attribute access to our protocol.
-        proto = cast(RelayTransport, connected)
+    def _track(self, connected: IProtocol) -> IProtocol:
+        """
+        Follow one TCP connection until its forward is granted, and then until it ends.
 
-        def granted(port: int) -> int:
-            started = self.reactor.seconds()
+        This is not C{ClientService}'s C{prepareConnection}: a connection lost
+        before that Deferred fires makes its state machine raise C{NoTransition}
+        (Twisted 26.10), and losing unprepared connections is our normal case
+        (bad host key, refused auth, refused forward).  So C{ClientService}
+        counts TCP connections, and L{Backoff} counts those that never became
+        stable, which keeps the delays growing.
+        """
+        # ClientService hands out a proxy that forwards attribute access to our protocol.
+        proto = cast(RelayTransport, connected)
+        grantedAt: list[float] = []
+
+        def granted(port: int) -> None:
+            grantedAt.append(self.reactor.seconds())
             self.transport = proto
             self.lastError = None
             self.metrics.tunnelUp.labels(connection=self._label).set(1)
             self.metrics.lastForwardTimestamp.labels(connection=self._label).set(self.reactor.seconds())
-            proto.whenLost.addCallback(lost, started)
-            return port
 
-        def failed(reason: Failure) -> Failure:
+        def failed(reason: Failure) -> None:
             error = cast(Exception, reason.value)
             self.attemptFailed(error, error.reason if isinstance(error, TunnelError) else "error")
             if proto.transport is not None:
                 proto.transport.loseConnection()
-            return reason
 
-        def lost(message: str, started: float) -> None:
+        def lost(message: str) -> None:
+            uptime = self.reactor.seconds() - grantedAt[0] if grantedAt else 0.0
+            self.backoff.connectionEnded(uptime)
+            if not grantedAt:
+                return  # already reported by failed()
             self.transport = None
             self.metrics.tunnelUp.labels(connection=self._label).set(0)
-            uptime = self.reactor.seconds() - started
-            self.backoff.connectionEnded(uptime)
             if self.running:
                 self.attemptFailed(TunnelError(f"connection lost after {uptime:.0f} s: {message}", "lost"), "lost")
 
-        return proto.ready.addCallbacks(granted, failed)
+        proto.ready.addCallbacks(granted, failed)
+        proto.whenLost.addCallback(lost)
+        return connected
 
 
 @implementer(IStreamClientEndpoint)
@@ -176,6 +194,9 @@ class _AttemptEndpoint:
 
     def __init__(self, owner: RelayService) -> None:
         self.owner = owner
+
+    def __repr__(self) -> str:
+        return f"relay {self.owner.relayName}"
 
     def connect(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
         owner = self.owner
@@ -189,4 +210,4 @@ class _AttemptEndpoint:
                 )
             return reason
 
-        return owner.endpoint.connect(factory).addErrback(failed)
+        return owner.endpoint.connect(factory).addCallbacks(owner._track, failed)
