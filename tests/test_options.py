@@ -128,3 +128,15 @@ class CommandLineTests(SynchronousTestCase):
         self.assertIn("--forward-dest-allowlist", result.stdout)
         self.assertIn("INCIDENT_CONNECTOR_API_TOKEN", result.stdout)
         self.assertNotIn("s3cret-token", result.stdout + result.stderr)
+
+
+class DocumentationTests(SynchronousTestCase):
+    def test_readmeNamesEveryOption(self) -> None:
+        """
+        Every option and its environment variable is in the README's table.
+        """
+        from incident_connector.options import OPTIONS
+
+        readme = (REPO / "README.md").read_text()
+        for name, _default, _convert, _text in OPTIONS:
+            self.assertIn(f"| `--{name}` | `{envName(name)}` |", readme)

@@ -1,0 +1,21 @@
+# Build the wheel in one stage, install it in a slim runtime as a non-root user.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY incident_connector ./incident_connector
+COPY twisted ./twisted
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home-dir /var/lib/incident-connector --create-home connector
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && python -c "from twisted.plugin import getPlugins, IPlugin; list(getPlugins(IPlugin))"
+USER connector
+WORKDIR /var/lib/incident-connector
+# Every option is also an environment variable: INCIDENT_CONNECTOR_<OPTION>.
+ENV PYTHONUNBUFFERED=1
+EXPOSE 9090
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9090/healthz', timeout=4)"]
+ENTRYPOINT ["twistd", "-n", "--pidfile=", "incident-connector"]

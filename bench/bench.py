@@ -1,0 +1,263 @@
+"""
+Benchmark: this connector against OpenSSH's ``ssh -N -R 0`` on the same
+loopback sshd, in the same run.
+
+    python bench/bench.py [--size-mib 256] [--pings 2000] [--streams 1000]
+
+Prints MB/s download (destination to client) and upload, 1-byte round-trip
+p50/p99, concurrent streams of 64 KiB (all checked byte-exact), and RSS idle
+and peak, with each figure as a ratio to OpenSSH.  Run by hand; no test
+asserts on speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.harness import (  # noqa: E402
+    Connector,
+    Relay,
+    Target,
+    echo,
+    recvExactly,
+    socks5Connect,
+    tempdir,
+    waitFor,
+)
+
+MiB = 1024 * 1024
+
+
+def status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class OpenSSH:
+    """
+    ``ssh -N -R 0`` with PermitRemoteOpen, as the hosted connector runs it.
+    """
+
+    def __init__(self, relay: Relay, allow: str, workdir: Path) -> None:
+        self.log = workdir / "ssh.log"
+        user = "root" if os.geteuid() == 0 else os.environ.get("USER", "root")
+        command = [
+            "ssh", "-N", "-R", "0", "-o", f"PermitRemoteOpen={allow}", "-o", "ExitOnForwardFailure=yes",
+            "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={relay.knownHosts()}", "-o", "StrictHostKeyChecking=yes",
+            "-i", str(relay.userKey), "-p", str(relay.port), f"{user}@127.0.0.1",
+        ]  # fmt: skip
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log)
+
+    def allocatedPort(self) -> int:
+        match = waitFor(
+            lambda: re.search(r"Allocated port (\d+) for remote forward", self.log.read_text()), 15, "ssh forward"
+        )
+        return int(match.group(1))
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def timed(fn: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def download(port: int, target: Target, size: int) -> float:
+    sock, code = socks5Connect(port, "127.0.0.1", target.port, timeout=120)
+    assert code == 0
+    sock.sendall(b"D%d\n" % size)
+
+    def receive() -> None:
+        left = size
+        buffer = bytearray(1 << 20)
+        while left:
+            n = sock.recv_into(buffer)
+            assert n, "short download"
+            left -= n
+
+    seconds = timed(receive)
+    sock.close()
+    return size / MiB / seconds
+
+
+def upload(port: int, target: Target, size: int) -> float:
+    sock, code = socks5Connect(port, "127.0.0.1", target.port, timeout=120)
+    assert code == 0
+    sock.sendall(b"U%d\n" % size)
+    block = b"\0" * MiB
+
+    def send() -> None:
+        for _ in range(size // MiB):
+            sock.sendall(block)
+        assert recvExactly(sock, 2) == b"OK"
+
+    seconds = timed(send)
+    sock.close()
+    return size / MiB / seconds
+
+
+def roundTrips(port: int, target: Target, count: int) -> tuple[float, float]:
+    sock, code = socks5Connect(port, "127.0.0.1", target.port)
+    assert code == 0
+    sock.sendall(b"E\n")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        sock.sendall(b"x")
+        recvExactly(sock, 1)
+        samples.append((time.perf_counter() - started) * 1000)
+    sock.close()
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+def concurrent(port: int, target: Target, streams: int) -> tuple[int, float]:
+    payload = os.urandom(64 * 1024)
+    digest = hashlib.sha256(payload).digest()
+    good: list[bool] = []
+    barrier = threading.Barrier(streams, timeout=120)
+
+    def client() -> None:
+        ok = False
+        try:
+            sock, code = socks5Connect(port, "127.0.0.1", target.port, timeout=120)
+            barrier.wait()
+            sock.sendall(b"E\n" + payload)
+            ok = code == 0 and hashlib.sha256(recvExactly(sock, len(payload))).digest() == digest
+            sock.close()
+        except Exception:
+            pass
+        good.append(ok)
+
+    threads = [threading.Thread(target=client) for _ in range(streams)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return good.count(True), time.perf_counter() - started
+
+
+def serve(sock: socket.socket) -> None:
+    """
+    One destination for every measurement: ``D<n>`` sends n bytes, ``U<n>``
+    reads n bytes and answers OK, ``E`` echoes.
+    """
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            return
+        line += chunk
+    kind, size = line[:1], int(line[1:].strip() or 0)
+    if kind == b"D":
+        block = b"\0" * MiB
+        for _ in range(size // MiB):
+            sock.sendall(block)
+    elif kind == b"U":
+        left = size
+        while left:
+            n = len(sock.recv(1 << 20))
+            if not n:
+                return
+            left -= n
+        sock.sendall(b"OK")
+    else:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        echo(sock)
+
+
+def measure(name: str, pid: int, port: int, target: Target, args: argparse.Namespace) -> dict[str, float]:
+    size = args.size_mib * MiB
+    result: dict[str, float] = {"rss_idle": status(pid, "VmRSS") / MiB}
+    result["down"] = download(port, target, size)
+    result["up"] = upload(port, target, size)
+    result["rtt_p50"], result["rtt_p99"] = roundTrips(port, target, args.pings)
+    ok, seconds = concurrent(port, target, args.streams)
+    result["streams_ok"] = ok
+    result["streams_s"] = seconds
+    result["rss_peak"] = status(pid, "VmHWM") / MiB
+    print(f"  {name}: done", file=sys.stderr)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--pings", type=int, default=2000)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--connector-arg", action="append", default=[], help="extra connector option")
+    args = parser.parse_args()
+
+    work = tempdir("bench-")
+    relay = Relay(work / "relay", extraConfig="MaxSessions 2000").start()
+    target = Target(serve)
+    target.server.request_queue_size = 4096
+    allow = f"127.0.0.1:{target.port}"
+    results = {}
+    try:
+        ssh = OpenSSH(relay, allow, work)
+        try:
+            results["openssh"] = measure("openssh", ssh.process.pid, ssh.allocatedPort(), target, args)
+        finally:
+            ssh.stop()
+        connector = Connector(
+            work / "connector",
+            [
+                "--relay-address", f"127.0.0.1:{relay.port}",
+                "--relay-user", "root" if os.geteuid() == 0 else os.environ.get("USER", "root"),
+                "--identity-file", str(relay.userKey), "--known-hosts", str(relay.knownHosts()),
+                "--forward-dest-allowlist", allow, "--max-streams", "4096",
+                *args.connector_arg,
+            ],
+        ).start()  # fmt: skip
+        try:
+            port = connector.allocatedPort()
+            assert connector.process is not None
+            results["connector"] = measure("connector", connector.process.pid, port, target, args)
+        finally:
+            connector.stop()
+    finally:
+        relay.stop()
+        target.close()
+
+    rows = [
+        ("download MB/s", "down", True),
+        ("upload MB/s", "up", True),
+        ("1-byte RTT p50 ms", "rtt_p50", False),
+        ("1-byte RTT p99 ms", "rtt_p99", False),
+        (f"{args.streams} streams x 64 KiB ok", "streams_ok", True),
+        (f"{args.streams} streams seconds", "streams_s", False),
+        ("RSS idle MiB", "rss_idle", False),
+        ("RSS peak MiB", "rss_peak", False),
+    ]
+    print(f"\n{'':32} {'openssh':>10} {'connector':>10} {'ratio':>7}")
+    for label, key, _higherIsBetter in rows:
+        a, b = results["openssh"][key], results["connector"][key]
+        print(f"{label:32} {a:10.2f} {b:10.2f} {b / a if a else float('nan'):7.2f}")
+    print(f"\n(size {args.size_mib} MiB, {args.pings} pings, {args.streams} streams, {time.strftime('%Y-%m-%d')})")
+
+
+if __name__ == "__main__":
+    main()
