@@ -24,7 +24,8 @@ def makeObserver(format: str, level: str, stream: IO[str]) -> ILogObserver:
     An observer writing to C{stream} in C{format} (C{text} or C{json}) the
     events at C{level} or above.
     """
-    inner = jsonFileLogObserver(stream) if format == "json" else textFileLogObserver(stream)
+    # No RFC 7464 record separator: one JSON object per line, as log shippers expect.
+    inner = jsonFileLogObserver(stream, recordSeparator="") if format == "json" else textFileLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     if level != "debug":
         # Conch narrates every channel and packet at info.

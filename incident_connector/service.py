@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from twisted.application import service, strports
+from twisted.conch.ssh.keys import Key
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
@@ -21,7 +22,7 @@ from .metrics import ConnectorMetrics
 from .options import Options, fail
 from .stream import ForwardedStream, StreamSettings
 from .tunnel.auth import RelayUserAuth, loadIdentity
-from .tunnel.connection import RelayConnection
+from .tunnel.connection import RelayConnection, StreamFactory
 from .tunnel.hostkeys import HostKeyPolicy
 from .tunnel.service import Backoff, RelayService
 from .tunnel.transport import RelayTransport, RelayTransportFactory
@@ -95,20 +96,8 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     def makeStream(windowSize: int, maxPacket: int, data: bytes) -> ForwardedStream:
         return ForwardedStream(settings, remoteWindow=windowSize, remoteMaxPacket=maxPacket)
 
-    def makeUserAuth(transport: RelayTransport) -> RelayUserAuth:
-        connection = RelayConnection(
-            makeStream,
-            reactor,
-            metrics,
-            maxStreams=options["max-streams"],
-            keepaliveInterval=options["keepalive-interval"],
-            keepaliveCount=options["keepalive-count"],
-        )
-        return RelayUserAuth(options["relay-user"].encode("utf-8"), connection, key)
-
-    policy = HostKeyPolicy(options.relayHost, options.relayPort, options["relay-host-key"], options["known-hosts"])
-    factory = RelayTransportFactory(policy, makeUserAuth)
-    endpoint = HostnameEndpoint(reactor, options.relayHost, options.relayPort, timeout=options["connect-timeout"])
+    factory = relayFactory(options, reactor, metrics, key, makeStream)
+    endpoint = relayEndpoint(options, reactor)
     backoff = Backoff(options["reconnect-initial-delay"], options["reconnect-max-delay"])
     relay = RelayService(
         reactor, endpoint, factory, metrics, options["relay-address"], options["grace-period"], backoff
@@ -122,6 +111,39 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
         reactor.addSystemEventTrigger("before", "shutdown", _exitOnSecondSignal)
         reactor.addSystemEventTrigger("during", "shutdown", _cleanExit, reactor)
     return top
+
+
+def relayFactory(
+    options: Options,
+    reactor: Any,
+    metrics: ConnectorMetrics,
+    key: Key,
+    makeStream: StreamFactory,
+    maxStreams: int | None = None,
+    keepaliveInterval: float | None = None,
+) -> RelayTransportFactory:
+    """
+    The SSH client stack for the relay: transport, user auth, connection.
+    C{maxStreams} and C{keepaliveInterval} override the options (for C{check}).
+    """
+
+    def makeUserAuth(transport: RelayTransport) -> RelayUserAuth:
+        connection = RelayConnection(
+            makeStream,
+            reactor,
+            metrics,
+            maxStreams=options["max-streams"] if maxStreams is None else maxStreams,
+            keepaliveInterval=options["keepalive-interval"] if keepaliveInterval is None else keepaliveInterval,
+            keepaliveCount=options["keepalive-count"],
+        )
+        return RelayUserAuth(options["relay-user"].encode("utf-8"), connection, key)
+
+    policy = HostKeyPolicy(options.relayHost, options.relayPort, options["relay-host-key"], options["known-hosts"])
+    return RelayTransportFactory(policy, makeUserAuth)
+
+
+def relayEndpoint(options: Options, reactor: Any) -> HostnameEndpoint:
+    return HostnameEndpoint(reactor, options.relayHost, options.relayPort, timeout=options["connect-timeout"])
 
 
 def _cleanExit(reactor: Any) -> None:

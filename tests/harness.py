@@ -241,6 +241,8 @@ class Connector:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
+        except OSError as e:  # not listening yet, or gone
+            return 0, str(e)
 
     def signal(self, signum: int) -> None:
         assert self.process is not None

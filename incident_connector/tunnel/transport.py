@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .hostkeys import HostKeyMismatch, HostKeyPolicy
+from .hostkeys import fingerprint as sha256Fingerprint
 
 if TYPE_CHECKING:
     from .auth import RelayUserAuth
@@ -46,6 +47,7 @@ class RelayTransport(transport.SSHClientTransport):
         if it never is.
     @ivar connection: the L{RelayConnection} once authentication succeeded.
     @ivar whenLost: fires with a one-line reason when the connection ends.
+    @ivar hostKeyFingerprint: the relay's verified host key, C{SHA256:...}.
     """
 
     # Only what the issue allows: no CBC/3DES, no SHA-1 or MD5 MACs.
@@ -59,6 +61,7 @@ class RelayTransport(transport.SSHClientTransport):
         self._log = Logger(namespace="twisted.conch.ssh.transport", source=self)
         self.ready: defer.Deferred[int] = defer.Deferred()
         self.whenLost: defer.Deferred[str] = defer.Deferred()
+        self.hostKeyFingerprint: str | None = None
         self.connection: RelayConnection | None = None
         self._failure: TunnelError | None = None
 
@@ -76,10 +79,11 @@ class RelayTransport(transport.SSHClientTransport):
         disconnect before anything is authenticated.
         """
         try:
-            self.factory.hostKeyPolicy.verify(hostKey)
+            key = self.factory.hostKeyPolicy.verify(hostKey)
         except HostKeyMismatch as e:
             self.fail(TunnelError(f"host key verification failed: {e}", "host_key"))
             return defer.fail(e)
+        self.hostKeyFingerprint = sha256Fingerprint(key)
         return defer.succeed(None)
 
     def connectionSecure(self) -> None:

@@ -1,0 +1,135 @@
+# -*- test-case-name: tests.test_observability -*-
+"""
+C{incident-connector check [options]}: what an operator runs first.
+
+Loads the same options (flags and environment) as the service and reports
+one line per step: options valid, relay reachable, host key verified,
+authenticated, forward granted, and each allowlisted destination reachable
+from here.  Exits 0 when every step passed, 1 otherwise (2 for bad options).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, TextIO, cast
+
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.internet import defer, protocol, task
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.python.failure import Failure
+
+from .metrics import ConnectorMetrics
+from .options import Options, fail
+from .service import relayEndpoint, relayFactory
+from .tunnel.auth import loadIdentity
+from .tunnel.transport import RelayTransport, TunnelError
+
+__all__ = ["main"]
+
+# The SSH steps, in order; a TunnelError's reason names the one that failed.
+_STEPS = ["host key verified", "authenticated", "forward granted"]
+_FAILED_STEP = {"host_key": 0, "auth": 1, "forward_refused": 2}
+
+
+class Report:
+    """
+    Prints one line per step and remembers whether any failed.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.failed = False
+
+    def ok(self, step: str) -> None:
+        self.out.write(f"ok    {step}\n")
+
+    def fail(self, step: str, why: str) -> None:
+        self.failed = True
+        self.out.write(f"FAIL  {step}: {why}\n")
+
+    def skip(self, step: str, why: str) -> None:
+        self.out.write(f"skip  {step}: {why}\n")
+
+
+def _noStreams(windowSize: int, maxPacket: int, data: bytes) -> SSHChannel:
+    raise AssertionError("check refuses every stream (max streams 0)")
+
+
+async def _relaySteps(reactor: Any, options: Options, report: Report) -> None:
+    relay = options["relay-address"]
+    key = loadIdentity(options["identity-file"])
+    factory = relayFactory(options, reactor, ConnectorMetrics(), key, _noStreams, maxStreams=0, keepaliveInterval=0)
+    try:
+        connected = await relayEndpoint(options, reactor).connect(factory)
+    except Exception as e:
+        report.fail(f"relay {relay} reachable (TCP)", str(e))
+        for step in _STEPS:
+            report.skip(step, "relay unreachable")
+        return
+    report.ok(f"relay {relay} reachable (TCP)")
+    transport = cast(RelayTransport, connected)
+    timeout = reactor.callLater(options["connect-timeout"] * 3, transport.fail, TunnelError("timed out", "timeout"))
+    try:
+        port = await transport.ready
+    except TunnelError as e:
+        failedAt = _FAILED_STEP.get(e.reason, 0)
+        for step in _STEPS[:failedAt]:
+            report.ok(step)
+        report.fail(_STEPS[failedAt], str(e))
+        for step in _STEPS[failedAt + 1 :]:
+            report.skip(step, "an earlier step failed")
+    else:
+        report.ok(f"host key verified ({transport.hostKeyFingerprint})")
+        report.ok(f"authenticated as {options['relay-user']}")
+        report.ok(f"forward granted (relay port {port})")
+        assert transport.connection is not None
+        await transport.connection.drain(0)
+    finally:
+        if timeout.active():
+            timeout.cancel()
+        if transport.transport is not None:
+            transport.transport.loseConnection()
+
+
+async def _destinationSteps(reactor: Any, options: Options, report: Report) -> None:
+    allowlist = options.allowlist
+    if allowlist.permitAll:
+        report.skip("destinations", "no allowlist: any destination is allowed")
+        return
+    for rule in allowlist.rules:
+        step = f"destination {rule.text} reachable"
+        if rule.host is None or rule.port is None:
+            report.skip(step, "a wildcard cannot be tried")
+            continue
+        endpoint = HostnameEndpoint(reactor, rule.host, rule.port, timeout=options["connect-timeout"])
+        try:
+            connected = await endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
+        except Exception as e:
+            report.fail(step, Failure(e).getErrorMessage())
+        else:
+            report.ok(step)
+            transport = cast(protocol.Protocol, connected).transport
+            assert transport is not None
+            transport.loseConnection()
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> None:
+    """
+    The C{incident-connector} console script.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "check":
+        fail("usage: incident-connector check [options]  (the service itself runs as: twistd -n incident-connector)")
+    options = Options()
+    options.parseOptions(args[1:])
+    report = Report(out)
+    report.ok("options valid")
+
+    async def run(reactor: Any) -> None:
+        await _relaySteps(reactor, options, report)
+        await _destinationSteps(reactor, options, report)
+        out.flush()
+        if report.failed:
+            raise SystemExit(1)
+
+    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
