@@ -18,10 +18,11 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.python.failure import Failure
 
+from .api import CredentialsError
+from .credentials import TokenCredentials
 from .metrics import ConnectorMetrics
 from .options import Options, fail
-from .service import relayEndpoint, relayFactory
-from .tunnel.auth import loadIdentity
+from .service import makeCredentials, relayEndpoint, relayFactory
 from .tunnel.transport import RelayTransport, TunnelError
 
 __all__ = ["main"]
@@ -57,8 +58,21 @@ def _noStreams(windowSize: int, maxPacket: int, data: bytes) -> SSHChannel:
 
 async def _relaySteps(reactor: Any, options: Options, report: Report) -> None:
     relay = options["relay-address"]
-    key = loadIdentity(options["identity-file"])
-    factory = relayFactory(options, reactor, ConnectorMetrics(), key, _noStreams, maxStreams=0, keepaliveInterval=0)
+    source = makeCredentials(options, reactor)
+    try:
+        credentials = await source.get()
+    except CredentialsError as e:
+        report.fail("certificate issued", str(e))
+        for step in [f"relay {relay} reachable (TCP)", *_STEPS]:
+            report.skip(step, "no certificate")
+        return
+    finally:
+        if isinstance(source, TokenCredentials):
+            source.stop()
+    if isinstance(source, TokenCredentials):
+        report.ok(f"certificate issued (valid {source.secondsToExpiry():.0f} s)")
+    factory = relayFactory(options, reactor, ConnectorMetrics(), _noStreams, maxStreams=0, keepaliveInterval=0)
+    factory.credentials = credentials
     try:
         connected = await relayEndpoint(options, reactor).connect(factory)
     except Exception as e:
@@ -80,7 +94,7 @@ async def _relaySteps(reactor: Any, options: Options, report: Report) -> None:
             report.skip(step, "an earlier step failed")
     else:
         report.ok(f"host key verified ({transport.hostKeyFingerprint})")
-        report.ok(f"authenticated as {options['relay-user']}")
+        report.ok(f"authenticated as {credentials.user}")
         report.ok(f"forward granted (relay port {port})")
         assert transport.connection is not None
         await transport.connection.drain(0)

@@ -32,4 +32,6 @@ def makeObserver(format: str, level: str, stream: IO[str]) -> ILogObserver:
         predicate.setLogLevelForNamespace("twisted.conch", LogLevel.warn)
         # ClientService's own retry line; the relay service logs a clearer one.
         predicate.setLogLevelForNamespace("twisted.application._client_service", LogLevel.warn)
+        # Agent's connection pool announces every HTTP connection it opens.
+        predicate.setLogLevelForNamespace("twisted.web.client._HTTP11ClientFactory", LogLevel.warn)
     return FilteringLogObserver(inner, [predicate])

@@ -9,6 +9,7 @@ Labels are bounded: results and reasons from fixed sets, never a destination.
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -95,3 +96,14 @@ class ConnectorMetrics:
         # Pre-create label sets so a scrape shows zeros instead of nothing.
         for direction in ("up", "down"):
             self.bytes.labels(direction=direction)
+
+    def trackCertificate(self, secondsToExpiry: Callable[[], float]) -> None:
+        """
+        Export the certificate's remaining lifetime (token authentication only).
+        """
+        gauge = Gauge(
+            "incident_connector_certificate_expiry_seconds",
+            "Seconds until the SSH certificate expires.",
+            registry=self.registry,
+        )
+        gauge.set_function(secondsToExpiry)

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from twisted.python import usage
 
 from .allowlist import Allowlist, AllowlistError
+from .api import isLoopbackURL
 
 ENV_PREFIX = "INCIDENT_CONNECTOR_"
 
@@ -86,8 +87,13 @@ OPTIONS: list[tuple[str, Any, Callable[[str], Any] | None, str]] = [
     ("relay-address", "relay.incident.io:443", None, "Relay to dial, HOST:PORT or [IPV6]:PORT."),
     ("relay-user", None, None, "SSH login name on the relay (default: the connector ID)."),
     ("connector-id", None, None, "Connector ID issued by the platform."),
-    ("api-token", None, None, "API token (prefer the environment variable)."),
+    ("api-token", None, None, "API token (prefer the environment variable or --api-token-file)."),
+    ("api-token-file", None, None, "File holding the API token (e.g. a mounted Kubernetes secret)."),
+    ("api-url", "https://api.incident.io", None, "Certificate API base URL (http:// only for loopback)."),
+    ("api-ca-file", None, None, "PEM CA certificate to trust for the API, instead of the system's."),
+    ("state-dir", None, None, "Where the connector keeps its key (default: per-user state folder)."),
     ("identity-file", None, None, "OpenSSH ed25519 private key, for self-hosted relays."),
+    ("certificate-file", None, None, "OpenSSH user certificate for --identity-file (relays with a user CA)."),
     ("known-hosts", None, None, "OpenSSH known_hosts file that pins the relay's host key."),
     ("relay-host-key", None, None, "Relay host key fingerprint pin, SHA256:..."),
     ("forward-dest-allowlist", None, None, "Space-separated HOST:PORT destinations allowed (default: any)."),
@@ -167,7 +173,8 @@ class Options(usage.Options):
 
     def validate(self) -> None:
         """
-        Check that the options make a connector that can start.
+        Check that the options make a connector that can start.  Sets
+        C{relayHost}, C{relayPort}, C{allowlist}, C{usesToken} and C{apiToken}.
         """
         try:
             self.relayHost, self.relayPort = parseHostPort(self["relay-address"], 22)
@@ -177,32 +184,69 @@ class Options(usage.Options):
             self.allowlist = Allowlist.parse(self["forward-dest-allowlist"])
         except AllowlistError as e:
             raise ConfigurationError(f"--forward-dest-allowlist: {e}") from None
-        if self["relay-user"] is None:
-            self["relay-user"] = self["connector-id"]
-        if self["identity-file"] is None:
-            if self["connector-id"] and self["api-token"]:
-                raise ConfigurationError(
-                    "--connector-id/--api-token: token authentication is not available yet; "
-                    "use --identity-file with a self-hosted relay"
-                )
-            raise ConfigurationError("--identity-file is required (an ed25519 private key)")
-        if not os.path.isfile(self["identity-file"]):
-            raise ConfigurationError(f"--identity-file {self['identity-file']!r}: no such file")
-        if self["relay-user"] is None:
-            raise ConfigurationError("--relay-user (or --connector-id) is required")
-        if self["known-hosts"] is None and self["relay-host-key"] is None:
-            raise ConfigurationError("the relay's host key must be pinned: give --known-hosts or --relay-host-key")
-        if self["known-hosts"] is not None and not os.path.isfile(self["known-hosts"]):
-            raise ConfigurationError(f"--known-hosts {self['known-hosts']!r}: no such file")
         pin = self["relay-host-key"]
         if pin is not None and not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}=?", pin):
             raise ConfigurationError(
                 f"--relay-host-key {pin!r}: expected SHA256:<43 base64 characters>, as ssh-keygen -lf prints"
             )
+        for name in ("known-hosts", "certificate-file", "api-ca-file", "api-token-file"):
+            if self[name] is not None and not os.path.isfile(self[name]):
+                raise ConfigurationError(f"--{name} {self[name]!r}: no such file")
+        self.apiToken = self._readToken()
+        self.usesToken = self["identity-file"] is None and self.apiToken is not None
+        if self.usesToken:
+            self._validateToken()
+        else:
+            self._validateKey()
+
+    def _readToken(self) -> str | None:
+        if self["api-token"] is not None:
+            return str(self["api-token"]).strip() or None
+        if self["api-token-file"] is not None:
+            with open(self["api-token-file"]) as f:
+                return f.read().strip() or None
+        return None
+
+    def _validateToken(self) -> None:
+        if not self["connector-id"]:
+            raise ConfigurationError("--connector-id is required with an API token")
+        url = self["api-url"]
+        if url.startswith("http://"):
+            if not isLoopbackURL(url):
+                raise ConfigurationError(f"--api-url {url!r}: http:// is only allowed for loopback; use https://")
+        elif not url.startswith("https://"):
+            raise ConfigurationError(f"--api-url {url!r}: expected an https:// URL")
+        if self["state-dir"] is None:
+            self["state-dir"] = defaultStateDir(self.environ)
+
+    def _validateKey(self) -> None:
+        if self["identity-file"] is None:
+            raise ConfigurationError(
+                "no credentials: give --connector-id with --api-token (or --api-token-file), "
+                "or --identity-file for a self-hosted relay"
+            )
+        if not os.path.isfile(self["identity-file"]):
+            raise ConfigurationError(f"--identity-file {self['identity-file']!r}: no such file")
+        if self["relay-user"] is None:
+            self["relay-user"] = self["connector-id"]
+        if self["relay-user"] is None:
+            raise ConfigurationError("--relay-user (or --connector-id) is required")
+        if self["known-hosts"] is None and self["relay-host-key"] is None:
+            raise ConfigurationError("the relay's host key must be pinned: give --known-hosts or --relay-host-key")
 
     def __repr__(self) -> str:
         shown = {k: ("<hidden>" if k in SECRETS and v else v) for k, v in self.items()}
         return f"<Options {shown}>"
+
+
+def defaultStateDir(environ: Mapping[str, str]) -> str:
+    """
+    systemd's C{$STATE_DIRECTORY}, else C{$XDG_STATE_HOME} or C{~/.local/state}.
+    """
+    if environ.get("STATE_DIRECTORY"):
+        return environ["STATE_DIRECTORY"].split(":")[0]
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "incident-connector")
 
 
 def fail(message: str) -> NoReturn:

@@ -9,19 +9,22 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.application import service, strports
-from twisted.conch.ssh.keys import Key
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
+from .api import CertificateAPI
+from .credentials import Credentials, StaticCredentials, TokenCredentials
 from .logs import makeObserver
 from .metrics import ConnectorMetrics
 from .options import Options, fail
 from .stream import ForwardedStream, StreamSettings
 from .tunnel.auth import RelayUserAuth, loadIdentity
+from .tunnel.certificates import CertificateError, UserCertificate
 from .tunnel.connection import RelayConnection, StreamFactory
 from .tunnel.hostkeys import HostKeyPolicy
 from .tunnel.service import Backoff, RelayService
@@ -61,7 +64,7 @@ class ConnectorService(service.MultiService):
         _log.info(
             "incident-connector starting: relay {relay} as {user}, destinations: {allowlist}",
             relay=options["relay-address"],
-            user=options["relay-user"],
+            user=options["relay-user"] or f"connector {options['connector-id']} (token authentication)",
             allowlist=options.allowlist.describe(),
         )
         if options["forward-dest-allowlist"] is None:
@@ -79,11 +82,10 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     @param installSignals: after the first SIGTERM/SIGINT starts the drain, let
         a second one exit at once (only for a real process, never in tests).
     """
-    try:
-        key = loadIdentity(options["identity-file"])
-    except ValueError as e:
-        fail(f"--identity-file: {e}")
     metrics = ConnectorMetrics()
+    credentials = makeCredentials(options, reactor)
+    if isinstance(credentials, TokenCredentials):
+        metrics.trackCertificate(credentials.secondsToExpiry)
     settings = StreamSettings(
         reactor=reactor,
         allowlist=options.allowlist,
@@ -96,11 +98,17 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     def makeStream(windowSize: int, maxPacket: int, data: bytes) -> ForwardedStream:
         return ForwardedStream(settings, remoteWindow=windowSize, remoteMaxPacket=maxPacket)
 
-    factory = relayFactory(options, reactor, metrics, key, makeStream)
-    endpoint = relayEndpoint(options, reactor)
+    factory = relayFactory(options, reactor, metrics, makeStream)
     backoff = Backoff(options["reconnect-initial-delay"], options["reconnect-max-delay"])
     relay = RelayService(
-        reactor, endpoint, factory, metrics, options["relay-address"], options["grace-period"], backoff
+        reactor,
+        relayEndpoint(options, reactor),
+        factory,
+        credentials,
+        metrics,
+        options["relay-address"],
+        options["grace-period"],
+        backoff,
     )
     observer = makeObserver(options["log-format"], options["log-level"], sys.stdout)
     top = ConnectorService(options, metrics, observer)
@@ -113,11 +121,51 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     return top
 
 
+def makeCredentials(options: Options, reactor: Any) -> StaticCredentials | TokenCredentials:
+    """
+    Key files for a self-hosted relay, or certificates bought with the token.
+    """
+    if options.usesToken:
+        assert options.apiToken is not None
+        api = CertificateAPI(
+            reactor,
+            options["api-url"],
+            options["connector-id"],
+            options.apiToken,
+            options["api-ca-file"],
+            timeout=options["connect-timeout"] * 3,
+        )
+        try:
+            return TokenCredentials(
+                reactor,
+                api,
+                Path(options["state-dir"]),
+                options.relayHost,
+                options.relayPort,
+                options["relay-user"],
+                options["relay-host-key"],
+            )
+        except OSError as e:
+            fail(f"--state-dir {options['state-dir']!r}: {e.strerror}")
+    try:
+        key = loadIdentity(options["identity-file"])
+    except ValueError as e:
+        fail(f"--identity-file: {e}")
+    certificate = None
+    if options["certificate-file"] is not None:
+        try:
+            with open(options["certificate-file"]) as f:
+                certificate = UserCertificate.fromLine(f.read(), key)
+        except (OSError, CertificateError) as e:
+            fail(f"--certificate-file {options['certificate-file']!r}: {e}")
+    policy = HostKeyPolicy(options.relayHost, options.relayPort, options["relay-host-key"], options["known-hosts"])
+    return StaticCredentials(Credentials(options["relay-user"], key, certificate, policy))
+
+
 def relayFactory(
     options: Options,
     reactor: Any,
     metrics: ConnectorMetrics,
-    key: Key,
     makeStream: StreamFactory,
     maxStreams: int | None = None,
     keepaliveInterval: float | None = None,
@@ -136,10 +184,10 @@ def relayFactory(
             keepaliveInterval=options["keepalive-interval"] if keepaliveInterval is None else keepaliveInterval,
             keepaliveCount=options["keepalive-count"],
         )
-        return RelayUserAuth(options["relay-user"].encode("utf-8"), connection, key)
+        credentials = transport.factory.credentials
+        return RelayUserAuth(credentials.user.encode("utf-8"), connection, credentials.key, credentials.certificate)
 
-    policy = HostKeyPolicy(options.relayHost, options.relayPort, options["relay-host-key"], options["known-hosts"])
-    return RelayTransportFactory(policy, makeUserAuth)
+    return RelayTransportFactory(makeUserAuth)
 
 
 def relayEndpoint(options: Options, reactor: Any) -> HostnameEndpoint:

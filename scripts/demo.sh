@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# End-to-end demo on one machine, no internet: installs the connector, starts a
-# throwaway OpenSSH sshd as the relay, a local HTTP server as the private
-# destination, the connector, and fetches the page through the tunnel with
-# curl --socks5-hostname.  Cleans up after itself.
+# End-to-end demo on one machine, no internet, no sshd: installs the connector,
+# starts the reference relay (twistd incident-relay), registers a connector
+# (ID + token, as the SaaS UI would show them), starts the connector with only
+# those two, a local web server as the private destination, and fetches it
+# through the tunnel with curl --socks5-hostname.  Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-if ! [ -x /usr/sbin/sshd ] || ! command -v curl >/dev/null; then
+if ! command -v curl >/dev/null; then
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        openssh-server openssh-client curl >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends curl >/dev/null
 fi
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore .
 
@@ -24,49 +24,44 @@ cleanup() {
 }
 trap cleanup EXIT
 freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+waitfor() {  # waitfor FILE PATTERN: up to 15 s for a log line
+    for _ in $(seq 150); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "timed out waiting for '$2' in $1:"; cat "$1"; exit 1
+}
+ssh_port=$(freeport); api_port=$(freeport); web_port=$(freeport); metrics_port=$(freeport)
 
-relay_port=$(freeport); web_port=$(freeport); metrics_port=$(freeport)
-ssh-keygen -q -t ed25519 -N "" -f "$work/host_key"
-ssh-keygen -q -t ed25519 -N "" -f "$work/connector_key"
-cp "$work/connector_key.pub" "$work/authorized_keys"
-echo "[127.0.0.1]:$relay_port $(cut -d' ' -f1,2 "$work/host_key.pub")" > "$work/known_hosts"
-[ "$(id -u)" -ne 0 ] || mkdir -p /run/sshd
-cat > "$work/sshd_config" <<CONF
-Port $relay_port
-ListenAddress 127.0.0.1
-HostKey $work/host_key
-AuthorizedKeysFile $work/authorized_keys
-PidFile $work/sshd.pid
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-AllowTcpForwarding remote
-CONF
-/usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" & pids+=($!)
+echo "== starting the reference relay: twistd -n incident-relay"
+twistd -n --pidfile= incident-relay --data-dir "$work/relay" \
+    --ssh-listen "tcp:$ssh_port:interface=127.0.0.1" --api-listen "tcp:$api_port:interface=127.0.0.1" \
+    >"$work/relay.log" 2>&1 & pids+=($!)
+waitfor "$work/relay.log" "api listening"
+
+echo "== registering a connector: incident-relay add demo"
+credentials=$(incident-relay --data-dir "$work/relay" add demo --json)
+connector_id=$(echo "$credentials" | python3 -c 'import json,sys; print(json.load(sys.stdin)["connector_id"])')
+api_token=$(echo "$credentials" | python3 -c 'import json,sys; print(json.load(sys.stdin)["api_token"])')
+echo "   connector ID $connector_id (the token stays in an environment variable)"
 
 mkdir "$work/www" && echo "hello from the private network" > "$work/www/index.html"
 python3 -m http.server "$web_port" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 & pids+=($!)
 
-echo "== starting: twistd -n incident-connector --relay-address 127.0.0.1:$relay_port ..."
-twistd -n --pidfile= incident-connector \
-    --relay-address "127.0.0.1:$relay_port" --relay-user "$(id -un)" \
-    --identity-file "$work/connector_key" --known-hosts "$work/known_hosts" \
+echo "== starting the connector with only a connector ID and a token"
+INCIDENT_CONNECTOR_API_TOKEN="$api_token" twistd -n --pidfile= incident-connector \
+    --connector-id "$connector_id" --api-url "http://127.0.0.1:$api_port" \
+    --relay-address "127.0.0.1:$ssh_port" --state-dir "$work/state" \
     --forward-dest-allowlist "localhost:$web_port" \
     --metrics-listen "tcp:$metrics_port:interface=127.0.0.1" >"$work/connector.log" 2>&1 & pids+=($!)
+waitfor "$work/connector.log" "Allocated port"
+port=$(sed -n 's/.*Allocated port \([0-9]*\) for remote forward to socks.*/\1/p' "$work/connector.log" | tail -1)
 
-for _ in $(seq 100); do
-    port=$(sed -n 's/.*Allocated port \([0-9]*\) for remote forward to socks.*/\1/p' "$work/connector.log" | tail -1)
-    [ -n "$port" ] && break
-    sleep 0.1
-done
-if [ -z "${port:-}" ]; then echo "the tunnel did not come up:"; cat "$work/connector.log"; exit 1; fi
-echo "== the relay allocated port $port; the platform's side would now use it as a SOCKS proxy"
+echo "== the relay listens on 127.0.0.1:$port for this connector; the platform uses it as a SOCKS proxy"
 echo "== curl --socks5-hostname 127.0.0.1:$port http://localhost:$web_port/"
 curl -sS --fail --max-time 10 -w 'HTTP %{http_code}\n' --socks5-hostname "127.0.0.1:$port" "http://localhost:$web_port/"
-echo "== a destination not on the allowlist is refused (SOCKS reply 0x02):"
-curl -sS --max-time 10 --socks5-hostname "127.0.0.1:$port" "http://localhost:$metrics_port/" 2>&1 || true
+echo "== the relay's test call, for an allowed and a forbidden destination:"
+for destination in "localhost:$web_port" "localhost:$metrics_port"; do
+    curl -sS -X POST -d "{\"destination\": \"$destination\"}" "http://127.0.0.1:$api_port/v1/connectors/$connector_id/test"
+done
+echo "== incident-relay list"
+incident-relay --data-dir "$work/relay" list
 echo "== connector log:"
 cat "$work/connector.log"
-echo "== metrics (excerpt):"
-curl -sS "http://127.0.0.1:$metrics_port/metrics" | grep -E '^incident_connector_(streams_total|tunnel_up|bytes_total)'

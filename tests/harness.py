@@ -393,3 +393,69 @@ def recvAll(sock: socket.socket) -> bytes:
 
 def tempdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+class ReferenceRelay:
+    """
+    The reference relay as operators run it: C{twistd -n incident-relay}, with
+    its registry managed through the C{incident-relay} command.
+
+    @ivar sshPort: where connectors dial.
+    @ivar apiPort: the HTTP(S) API.
+    @ivar apiURL: the API's base URL.
+    """
+
+    def __init__(self, workdir: Path, lifetime: str = "15m", apiListen: str | None = None, scheme: str = "http"):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dataDir = self.dir / "data"
+        self.sshPort = freePort()
+        self.apiPort = freePort()
+        self.lifetime = lifetime
+        self.apiListen = apiListen or f"tcp:{self.apiPort}:interface=127.0.0.1"
+        self.apiURL = f"{scheme}://127.0.0.1:{self.apiPort}"
+        self.log = self.dir / "relay.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ReferenceRelay:
+        command = [
+            *twistdCommand(), "-n", "--pidfile=", "incident-relay", "--data-dir", str(self.dataDir),
+            "--ssh-listen", f"tcp:{self.sshPort}:interface=127.0.0.1", "--api-listen", self.apiListen,
+            "--certificate-lifetime", self.lifetime,
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=self.dir)
+
+        def up() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"relay exited:\n{self.log.read_text()}")
+            for port in (self.sshPort, self.apiPort):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                except OSError:
+                    return False
+            return True
+
+        waitFor(up, 15, "the reference relay")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", "from incident_connector.relay.cli import run; run()",
+             "--data-dir", str(self.dataDir), *args],
+            capture_output=True, text=True, timeout=30, cwd=REPO, check=True,
+        )  # fmt: skip
+        return result.stdout
+
+    def add(self, name: str) -> tuple[str, str]:
+        import json
+
+        document = json.loads(self.cli("add", name, "--json"))
+        return document["connector_id"], document["api_token"]

@@ -90,8 +90,32 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse(self.base, env)
         self.assertNotIn("s3cret-token", repr(options))
         self.assertNotIn("s3cret-token", str(options))
-        line = self.parseError(["--connector-id", "c", "--relay-host-key", PIN], env)
+        line = self.parseError(["--connector-id", "c", "--api-url", "http://api.example.com"], env)
+        self.assertIn("http:// is only allowed for loopback", line)
         self.assertNotIn("s3cret-token", line)
+
+    def test_tokenMode(self) -> None:
+        """
+        A connector ID and a token (flag, environment or file) select token
+        authentication; no key file or host key pin is needed.
+        """
+        tokenFile = Path(self.mktemp())
+        tokenFile.write_text("tok-from-file\n")
+        env = {"XDG_STATE_HOME": "/var/lib/x"}
+        options = self.parse(["--connector-id", "c1", "--api-token-file", str(tokenFile)], env)
+        self.assertTrue(options.usesToken)
+        self.assertEqual(options.apiToken, "tok-from-file")
+        self.assertEqual(options["state-dir"], "/var/lib/x/incident-connector")
+        self.assertEqual(options["api-url"], "https://api.incident.io")
+        options = self.parse(
+            ["--connector-id", "c1", "--api-url", "http://127.0.0.1:8080"], {envName("api-token"): "t"}
+        )
+        self.assertEqual(options.apiToken, "t")
+        self.assertIn("--connector-id is required", self.parseError(["--api-token", "t"]))
+
+    def test_noCredentials(self) -> None:
+        line = self.parseError(["--relay-host-key", PIN])
+        self.assertIn("no credentials: give --connector-id with --api-token", line)
 
     def test_parseHostPort(self) -> None:
         self.assertEqual(parseHostPort("[::1]:22"), ("::1", 22))
@@ -138,5 +162,5 @@ class DocumentationTests(SynchronousTestCase):
         from incident_connector.options import OPTIONS
 
         readme = (REPO / "README.md").read_text()
-        for name, _default, _convert, _text in OPTIONS:
-            self.assertIn(f"| `--{name}` | `{envName(name)}` |", readme)
+        missing = [name for name, *_ in OPTIONS if f"| `--{name}` | `{envName(name)}` |" not in readme]
+        self.assertEqual(missing, [])

@@ -5,11 +5,13 @@ User authentication to the relay with one ed25519 key.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch.ssh import keys, userauth
+from twisted.conch.ssh.common import NS
 from twisted.internet import defer
 
+from .certificates import UserCertificate
 from .transport import TunnelError
 
 if TYPE_CHECKING:
@@ -37,33 +39,46 @@ def loadIdentity(path: str) -> keys.Key:
 
 class RelayUserAuth(userauth.SSHUserAuthClient):
     """
-    Offers exactly one public key, then gives up.
+    Offers exactly one key, as a certificate if there is one, then gives up.
 
-    @ivar key: the private key.
+    @ivar key: the private key that signs.
+    @ivar certificate: offered instead of the plain public key, if set.
     """
 
     preferredOrder = [b"publickey"]
     transport: RelayTransport
 
-    def __init__(self, user: bytes, instance: SSHService, key: keys.Key) -> None:
+    def __init__(
+        self, user: bytes, instance: SSHService, key: keys.Key, certificate: UserCertificate | None = None
+    ) -> None:
         super().__init__(user, instance)
         self.key = key
+        self.certificate = certificate
         self._offered = False
 
-    def getPublicKey(self) -> keys.Key | None:
+    def auth_publickey(self) -> defer.Deferred[bool]:
+        """
+        Offer the key.  Conch's own version only knows C{keys.Key}; for a
+        certificate the offer carries its blob under its algorithm, and Conch's
+        C{PK_OK} handling signs with the plain key, which is what OpenSSH wants.
+        """
         if self._offered:
-            return None
+            return defer.succeed(False)
         self._offered = True
-        return self.key.public()
+        offered: Any = self.certificate or self.key.public()
+        self.lastPublicKey = offered
+        self.askForAuth(b"publickey", b"\x00" + NS(offered.sshType()) + NS(offered.blob()))
+        return defer.succeed(True)
 
     def getPrivateKey(self) -> defer.Deferred[keys.Key]:
         return defer.succeed(self.key)
 
     def ssh_USERAUTH_FAILURE(self, packet: bytes) -> object:
         if self._offered:
+            what = "certificate" if self.certificate else "key"
             self.transport.fail(
                 TunnelError(
-                    f"authentication failed: the relay refused the key for user {self.user.decode()!r}",
+                    f"authentication failed: the relay refused the {what} for user {self.user.decode()!r}",
                     "auth",
                 )
             )

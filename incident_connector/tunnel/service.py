@@ -18,8 +18,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..api import CredentialsError
+from ..credentials import Credentials, CredentialsSource
 from ..metrics import ConnectorMetrics
-from .transport import RelayTransport, TunnelError
+from .transport import RelayTransport, RelayTransportFactory, TunnelError
 
 __all__ = ["Backoff", "RelayService"]
 
@@ -64,6 +66,7 @@ class RelayService(service.Service):
     """
     One relay connection, kept up forever.
 
+    @ivar credentials: asked for credentials before every attempt.
     @ivar index: this connection's number, the C{connection} metric label.
     @ivar transport: the live L{RelayTransport} while the forward is granted.
     @ivar lastError: the most recent failure, one line, or L{None}.
@@ -75,7 +78,8 @@ class RelayService(service.Service):
         self,
         reactor: Any,
         endpoint: IStreamClientEndpoint,
-        factory: IProtocolFactory,
+        factory: RelayTransportFactory,
+        credentials: CredentialsSource,
         metrics: ConnectorMetrics,
         relayName: str,
         gracePeriod: float = 30.0,
@@ -85,6 +89,7 @@ class RelayService(service.Service):
         self.reactor = reactor
         self.endpoint = endpoint
         self.factory = factory
+        self.credentials = credentials
         self.metrics = metrics
         self.relayName = relayName
         self.gracePeriod = gracePeriod
@@ -94,6 +99,8 @@ class RelayService(service.Service):
         self.lastError: str | None = None
         self._client: ClientService | None = None
         self._label = str(index)
+        # Set by the credentials source after a 401/404: slower than backoff.
+        self._leastDelay = 0.0
         metrics.tunnelUp.labels(connection=self._label).set(0)
 
     @property
@@ -131,7 +138,7 @@ class RelayService(service.Service):
         return drained.addCallback(lambda _: client.stopService())
 
     def _retryDelay(self, attempt: int) -> float:
-        delay = self.backoff(attempt)
+        delay = max(self.backoff(attempt), self._leastDelay)
         self._log.info("retrying relay {relay} in {delay:.1f} s", relay=self.relayName, delay=delay)
         return delay
 
@@ -201,13 +208,25 @@ class _AttemptEndpoint:
     def connect(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
         owner = self.owner
         owner.metrics.connectionAttempts.labels(connection=owner._label).inc()
-        owner._log.info("connecting to relay {relay}", relay=owner.relayName)
 
-        def failed(reason: Failure) -> Failure:
+        def noCredentials(reason: Failure) -> Failure:
+            error = reason.value
+            if isinstance(error, CredentialsError):
+                owner._leastDelay = error.retryAfter
+                owner.attemptFailed(error, error.reason)
+            return reason
+
+        def dial(credentials: Credentials) -> defer.Deferred[Any]:
+            owner._leastDelay = 0.0
+            owner.factory.credentials = credentials
+            owner._log.info("connecting to relay {relay}", relay=owner.relayName)
+            return owner.endpoint.connect(factory).addCallbacks(owner._track, unreachable)
+
+        def unreachable(reason: Failure) -> Failure:
             if not reason.check(defer.CancelledError):
                 owner.attemptFailed(
                     TunnelError(f"cannot reach relay: {reason.getErrorMessage()}", "unreachable"), "unreachable"
                 )
             return reason
 
-        return owner.endpoint.connect(factory).addCallbacks(owner._track, failed)
+        return owner.credentials.get().addCallbacks(dial, noCredentials)

@@ -15,10 +15,11 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .hostkeys import HostKeyMismatch, HostKeyPolicy
+from .hostkeys import HostKeyMismatch
 from .hostkeys import fingerprint as sha256Fingerprint
 
 if TYPE_CHECKING:
+    from ..credentials import Credentials
     from .auth import RelayUserAuth
     from .connection import RelayConnection
 
@@ -68,7 +69,7 @@ class RelayTransport(transport.SSHClientTransport):
     def connectionMade(self) -> None:
         if ITCPTransport.providedBy(self.transport):
             cast(ITCPTransport, self.transport).setTcpNoDelay(True)
-        self.supportedPublicKeys = self.factory.hostKeyPolicy.preferredAlgorithms(
+        self.supportedPublicKeys = self.factory.credentials.hostKeyPolicy.preferredAlgorithms(
             transport.SSHClientTransport.supportedPublicKeys
         )
         super().connectionMade()
@@ -79,7 +80,7 @@ class RelayTransport(transport.SSHClientTransport):
         disconnect before anything is authenticated.
         """
         try:
-            key = self.factory.hostKeyPolicy.verify(hostKey)
+            key = self.factory.credentials.hostKeyPolicy.verify(hostKey)
         except HostKeyMismatch as e:
             self.fail(TunnelError(f"host key verification failed: {e}", "host_key"))
             return defer.fail(e)
@@ -128,18 +129,15 @@ class RelayTransportFactory(protocol.ClientFactory[RelayTransport]):
     """
     Builds L{RelayTransport}s.
 
-    @ivar hostKeyPolicy: decides whether the relay's host key is trusted.
+    @ivar credentials: what the next connection logs in with (set before
+        each attempt: a certificate may have been renewed since the last).
     @ivar makeUserAuth: given the transport, returns the user-auth service
         (wrapping the connection service) to request once keys are exchanged.
     """
 
     noisy = False
 
-    def __init__(
-        self,
-        hostKeyPolicy: HostKeyPolicy,
-        makeUserAuth: Callable[[RelayTransport], RelayUserAuth],
-    ) -> None:
-        self.hostKeyPolicy = hostKeyPolicy
+    def __init__(self, makeUserAuth: Callable[[RelayTransport], RelayUserAuth]) -> None:
+        self.credentials: Credentials
         self.makeUserAuth = makeUserAuth
         self.protocol = RelayTransport

@@ -1,0 +1,163 @@
+# -*- test-case-name: tests.test_token -*-
+"""
+The certificate API client: trades the API token for a short-lived SSH
+certificate (C{POST /v1/connectors/{id}/ssh-certificate}).
+
+HTTPS goes through Twisted's C{Agent}, which verifies the certificate chain
+and the host name (pyOpenSSL and service_identity); C{--api-ca-file} adds a
+private CA.  Errors are one line an operator can act on, never holding the token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from io import BytesIO
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from twisted.internet import defer
+from twisted.internet.ssl import Certificate, trustRootFromCertificates
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    FileBodyProducer,
+    ResponseFailed,
+    ResponseNeverReceived,
+    readBody,
+)
+from twisted.web.http_headers import Headers
+
+__all__ = ["CertificateAPI", "CredentialsError", "isLoopbackURL"]
+
+
+class CredentialsError(Exception):
+    """
+    No certificate this time.
+
+    @ivar reason: a short label (C{unauthorized}, C{unknown_connector},
+        C{unavailable}, C{tls}, C{network}, C{bad_response}).
+    @ivar retryAfter: the least delay before asking again, in seconds.
+    """
+
+    def __init__(self, message: str, reason: str, retryAfter: float = 0.0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryAfter = retryAfter
+
+
+def isLoopbackURL(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tlsDetail(reason: Any) -> str | None:
+    """
+    The TLS check that failed, if the failure is a TLS one.
+    """
+    text = str(reason.value) if hasattr(reason, "value") else str(reason)
+    for needle, detail in [
+        ("certificate verify failed", "the server certificate is not trusted (certificate verify failed)"),
+        ("VerificationError", "the server certificate does not name this host"),
+        ("hostname", "the server certificate does not name this host"),
+        ("SSL routines", "the TLS handshake failed"),
+    ]:
+        if needle in text:
+            return detail
+    return None
+
+
+class CertificateAPI:
+    """
+    @ivar url: the API base URL.
+    @ivar connectorId: whose certificate to ask for.
+
+    A 401 or 404 asks callers to wait at least a minute, doubling each time in
+    a row up to 15 minutes: a wrong token must not hammer the API.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        connectorId: str,
+        token: str,
+        caFile: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.reactor = reactor
+        self.url = url.rstrip("/")
+        self.connectorId = connectorId
+        self._token = token
+        self.timeout = timeout
+        trustRoot = None
+        if caFile is not None:
+            with open(caFile, "rb") as f:
+                trustRoot = trustRootFromCertificates([Certificate.loadPEM(f.read())])
+        self._agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot))
+        self._rejections = 0
+
+    def __repr__(self) -> str:
+        return f"<CertificateAPI {self.url} connector {self.connectorId}>"
+
+    async def requestCertificate(self, publicKeyLine: str) -> dict[str, Any]:
+        """
+        Ask for a certificate of C{publicKeyLine}.
+
+        @raise CredentialsError: for every failure, with an operator's message.
+        """
+        endpoint = f"{self.url}/v1/connectors/{quote(self.connectorId, safe='')}/ssh-certificate"
+        body = json.dumps({"public_key": publicKeyLine}).encode()
+        headers = Headers(
+            {
+                b"Authorization": [b"Bearer " + self._token.encode()],
+                b"Content-Type": [b"application/json"],
+                b"User-Agent": [b"incident-connector"],
+            }
+        )
+        try:
+            response = await self._agent.request(
+                b"POST", endpoint.encode(), headers, FileBodyProducer(BytesIO(body))
+            ).addTimeout(self.timeout, self.reactor)
+            payload = await readBody(response)
+        except (ResponseNeverReceived, ResponseFailed) as e:
+            for reason in e.reasons:
+                detail = _tlsDetail(reason)
+                if detail:
+                    raise CredentialsError(f"TLS verification of {self.url} failed: {detail}", "tls") from None
+            raise CredentialsError(
+                f"cannot reach the certificate API at {self.url}: {e.reasons[0].getErrorMessage()}", "network"
+            ) from None
+        except defer.TimeoutError:
+            raise CredentialsError(f"the certificate API at {self.url} did not answer in time", "network") from None
+        except Exception as e:
+            detail = _tlsDetail(e)
+            if detail:
+                raise CredentialsError(f"TLS verification of {self.url} failed: {detail}", "tls") from None
+            raise CredentialsError(f"cannot reach the certificate API at {self.url}: {e}", "network") from None
+        status = response.code
+        if status in (401, 403):
+            raise CredentialsError(
+                "credentials rejected: the API token is wrong or was regenerated", "unauthorized", self._backOff()
+            )
+        if status == 404:
+            raise CredentialsError(f"unknown connector ID {self.connectorId}", "unknown_connector", self._backOff())
+        if status != 200:
+            raise CredentialsError(f"the certificate API answered {status}; retrying", "unavailable")
+        self._rejections = 0
+        try:
+            document = json.loads(payload)
+        except ValueError:
+            raise CredentialsError("the certificate API returned something that is not JSON", "bad_response") from None
+        if not isinstance(document, dict) or "certificate" not in document:
+            raise CredentialsError("the certificate API response has no certificate", "bad_response")
+        return document
+
+    def _backOff(self) -> float:
+        self._rejections += 1
+        return min(60.0 * 2 ** (self._rejections - 1), 900.0)

@@ -1,0 +1,185 @@
+# -*- test-case-name: tests.test_token -*-
+"""
+What the connector logs in to the relay with, per connection attempt: a
+login name, a private key, optionally a certificate, and the host key policy.
+
+Two sources: L{StaticCredentials} (key files, for self-hosted relays) and
+L{TokenCredentials} (a short-lived certificate bought with the API token,
+renewed before a third of its lifetime is left).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.conch.ssh.keys import Key
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .api import CertificateAPI, CredentialsError
+from .tunnel.certificates import CertificateError, UserCertificate
+from .tunnel.hostkeys import HostKeyPolicy
+
+__all__ = ["Credentials", "CredentialsSource", "StaticCredentials", "TokenCredentials", "loadOrCreateKey"]
+
+_log = Logger()
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """
+    @ivar user: the SSH login name.
+    @ivar key: the private key that signs.
+    @ivar certificate: offered instead of the plain public key, if set.
+    @ivar hostKeyPolicy: decides whether the relay's host key is trusted.
+    """
+
+    user: str
+    key: Key
+    certificate: UserCertificate | None
+    hostKeyPolicy: HostKeyPolicy
+
+
+class CredentialsSource(Protocol):
+    def get(self) -> defer.Deferred[Credentials]:
+        """
+        Credentials valid for a connection attempt starting now.
+        """
+
+
+class StaticCredentials:
+    """
+    Credentials from files that do not change while running.
+    """
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+
+    def get(self) -> defer.Deferred[Credentials]:
+        return defer.succeed(self.credentials)
+
+
+def loadOrCreateKey(stateDir: Path) -> Key:
+    """
+    The connector's ed25519 key under C{stateDir}, generated (0600) on first use.
+    """
+    path = stateDir / "id_ed25519"
+    if not path.exists():
+        stateDir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private = ed25519.Ed25519PrivateKey.generate()
+        pem = private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(pem)
+        _log.info("generated a new ed25519 key at {path}", path=str(path))
+    return Key.fromFile(str(path))
+
+
+class TokenCredentials:
+    """
+    Buys a certificate with the API token and keeps it fresh.
+
+    @ivar certificate: the current certificate, or L{None} before the first.
+    @ivar lastError: the most recent API failure, or L{None}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        api: CertificateAPI,
+        stateDir: Path,
+        relayHost: str,
+        relayPort: int,
+        relayUser: str | None = None,
+        pin: str | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.api = api
+        self.stateDir = stateDir
+        self.relayHost = relayHost
+        self.relayPort = relayPort
+        self.relayUser = relayUser
+        self.pin = pin
+        self.key = loadOrCreateKey(stateDir)
+        self.certificate: UserCertificate | None = None
+        self._lifetime = 0.0
+        self.lastError: CredentialsError | None = None
+        self._credentials: Credentials | None = None
+        self._waiting: list[defer.Deferred[Credentials]] = []
+        self._renewal: Any = None
+
+    def secondsToExpiry(self) -> float:
+        if self.certificate is None:
+            return 0.0
+        return max(0.0, self.certificate.validBefore - self.reactor.seconds())
+
+    def _fresh(self) -> bool:
+        if self.certificate is None or self._credentials is None:
+            return False
+        return self.secondsToExpiry() > self._lifetime / 3
+
+    def get(self) -> defer.Deferred[Credentials]:
+        if self._fresh():
+            assert self._credentials is not None
+            return defer.succeed(self._credentials)
+        mine: defer.Deferred[Credentials] = defer.Deferred()
+        self._waiting.append(mine)
+        if len(self._waiting) == 1:  # one request to the API, however many callers
+            defer.ensureDeferred(self._renew()).addBoth(self._deliver)
+        return mine
+
+    def _deliver(self, result: Credentials | Failure) -> None:
+        waiting, self._waiting = self._waiting, []
+        for deferred in waiting:
+            if isinstance(result, Failure):
+                deferred.errback(result)
+            else:
+                deferred.callback(result)
+
+    async def _renew(self) -> Credentials:
+        publicLine = self.key.public().toString("openssh").decode() + " incident-connector"
+        try:
+            response = await self.api.requestCertificate(publicLine)
+        except CredentialsError as e:
+            self.lastError = e
+            raise
+        try:
+            certificate = UserCertificate.fromLine(response["certificate"], self.key)
+        except (KeyError, TypeError, CertificateError) as e:
+            error = CredentialsError(f"the certificate API returned an unusable certificate: {e}", "bad_response")
+            self.lastError = error
+            raise error from None
+        knownHosts = self.stateDir / "known_hosts"
+        knownHosts.write_text(str(response.get("known_hosts", "")))
+        policy = HostKeyPolicy(self.relayHost, self.relayPort, self.pin, str(knownHosts))
+        user = self.relayUser or str(response.get("relay_user") or "")
+        self.certificate = certificate
+        self.lastError = None
+        self._credentials = Credentials(user, self.key, certificate, policy)
+        # From now, not from valid_after: relays backdate that for clock skew.
+        self._lifetime = self.secondsToExpiry()
+        _log.info("certificate issued for {user}: valid for {seconds:.0f} s", user=user, seconds=self._lifetime)
+        self._scheduleRenewal(max(1.0, self._lifetime * 2 / 3))
+        return self._credentials
+
+    def _scheduleRenewal(self, delay: float) -> None:
+        if self._renewal is not None and self._renewal.active():
+            self._renewal.cancel()
+
+        def renew() -> None:
+            self._renewal = None
+            self.get().addErrback(lambda f: _log.warn("certificate renewal failed: {error}", error=f.value))
+
+        self._renewal = self.reactor.callLater(delay, renew)
+
+    def stop(self) -> None:
+        if self._renewal is not None and self._renewal.active():
+            self._renewal.cancel()
