@@ -1,19 +1,41 @@
 # -*- test-case-name: tests.test_allowlist -*-
 """
-The destination allowlist, with OpenSSH C{PermitRemoteOpen} semantics.
+The destination allowlist: the product's security boundary.
 
-Entries are space-separated C{host:port}; C{[v6]:port} for IPv6 literals;
-C{*} as a whole host or port field; C{any} or C{none} alone.  A host matches
-the destination string exactly as the SOCKS client sent it: no DNS, no case
-folding, no CIDR (the same as OpenSSH, so a list moved from C{ssh -o
-PermitRemoteOpen=...} keeps its meaning).
+Syntax, a superset of OpenSSH C{PermitRemoteOpen} (what it accepts keeps its
+meaning), space-separated:
+
+  - C{host:port}, C{[v6]:port}; C{*} for a whole host or port field;
+  - C{any} or C{none} alone;
+  - C{*.example.internal:443}: names under that domain (not the bare domain);
+  - C{10.0.0.0/8:5432}, C{[fd00::/8]:443}: addresses in a network;
+  - C{host:8000-8100}: a port range.
+
+Matching is done on a normal form of what the SOCKS client sent: names are
+case-folded, lose one trailing dot and are IDNA-encoded; IP literals are
+parsed, in every spelling C{getaddrinfo} would accept (C{127.1},
+C{2130706433}, C{0x7f.0.0.1}, octal), and IPv4-mapped IPv6 counts as IPv4.
+
+A name rule allows the name whatever it resolves to.  A name that only IP
+rules could allow is resolved once, every address must be allowed, and the
+connector dials exactly those addresses (see L{Verdict}).
 """
 
 from __future__ import annotations
 
+import enum
+import ipaddress
+import re
+import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Allowlist", "AllowlistError", "Rule"]
+import idna
+
+__all__ = ["Allowlist", "AllowlistError", "Destination", "InvalidDestination", "Rule", "Verdict", "normalize"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class AllowlistError(ValueError):
@@ -22,52 +44,215 @@ class AllowlistError(ValueError):
     """
 
 
+class InvalidDestination(ValueError):
+    """
+    The requested host is no valid name or address (NUL bytes, empty labels...).
+    """
+
+
+@dataclass(frozen=True)
+class Destination:
+    """
+    A requested host in normal form: exactly one of C{name} and C{address}.
+
+    @ivar name: lower-case ASCII (IDNA) name without a trailing dot.
+    @ivar address: the IP address the literal means (IPv4-mapped as IPv4).
+    """
+
+    name: str | None = None
+    address: IPAddress | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.name is not None else str(self.address)
+
+
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def parseAddress(text: str) -> IPAddress | None:
+    """
+    The IP address C{text} spells, in any spelling the resolver would accept,
+    or L{None} if it is not an IP literal.
+    """
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        address = None
+        if re.fullmatch(r"[0-9a-fA-FxX.]+", text) and re.match(r"[0-9]", text):
+            try:
+                # inet_aton reads 127.1, 2130706433, 0x7f.0.0.1 and octal as getaddrinfo does.
+                address = ipaddress.IPv4Address(socket.inet_aton(text))
+            except OSError:
+                return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def normalize(host: str) -> Destination:
+    """
+    The normal form of a requested host (as the SOCKS client sent it).
+
+    @raise InvalidDestination: not a usable name or address.
+    """
+    address = parseAddress(host)
+    if address is not None:
+        return Destination(address=address)
+    if not host or any(ord(c) < 0x21 or c == "\x7f" for c in host):
+        raise InvalidDestination(f"invalid host name {host!r}")
+    name = host[:-1] if host.endswith(".") else host
+    if name.isascii():
+        # Not through IDNA: it refuses "_", which internal DNS names use.
+        ascii = name.lower()
+    else:
+        try:
+            ascii = idna.encode(name, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError, ValueError):
+            raise InvalidDestination(f"invalid host name {host!r}") from None
+    if len(ascii) > 253 or not all(_LABEL.fullmatch(label) for label in ascii.split(".")):
+        raise InvalidDestination(f"invalid host name {host!r}")
+    if parseAddress(ascii) is not None:  # e.g. full-width digits that fold to an address
+        return Destination(address=parseAddress(ascii))
+    return Destination(name=ascii)
+
+
+class Verdict(enum.Enum):
+    """
+    What the allowlist says of a destination before any DNS lookup.
+    """
+
+    #: Allowed as it is (a name: whatever it resolves to).
+    ALLOW = "allow"
+    #: Denied, no lookup needed.
+    DENY = "deny"
+    #: A name only IP rules could allow: resolve it once, then L{Allowlist.allowsAddresses}.
+    CHECK_ADDRESSES = "check-addresses"
+
+
 @dataclass(frozen=True)
 class Rule:
     """
-    One C{host:port} entry.
+    One entry.
 
-    @ivar host: the host string to match exactly, or L{None} for C{*}.
-    @ivar port: the port to match, or L{None} for C{*}.
     @ivar text: the entry as the operator wrote it.
+    @ivar name: an exact name, or L{None}.
+    @ivar suffix: for C{*.domain}, the C{.domain} names must end with.
+    @ivar network: an address or network, or L{None}.
+    @ivar ports: inclusive port range; (1, 65535) for C{*}.
     """
 
-    host: str | None
-    port: int | None
     text: str
+    name: str | None = None
+    suffix: str | None = None
+    network: IPNetwork | None = None
+    ports: tuple[int, int] = (1, 65535)
 
-    def matches(self, host: str, port: int) -> bool:
-        return (self.host is None or self.host == host) and (self.port is None or self.port == port)
+    @property
+    def anyHost(self) -> bool:
+        return self.name is None and self.suffix is None and self.network is None
 
+    def portMatches(self, port: int) -> bool:
+        return self.ports[0] <= port <= self.ports[1]
 
-def _parsePort(text: str, entry: str) -> int | None:
-    if text == "*":
+    def matchesName(self, name: str, port: int) -> bool:
+        if not self.portMatches(port):
+            return False
+        if self.anyHost:
+            return True
+        if self.name is not None:
+            return name == self.name
+        return self.suffix is not None and name.endswith(self.suffix)
+
+    def matchesAddress(self, address: IPAddress, port: int) -> bool:
+        if not self.portMatches(port):
+            return False
+        if self.anyHost:
+            return True
+        return self.network is not None and address.version == self.network.version and address in self.network
+
+    def concrete(self) -> tuple[str, int] | None:
+        """
+        The single destination this rule names, if it names exactly one.
+        """
+        if self.ports[0] != self.ports[1]:
+            return None
+        if self.name is not None:
+            return self.name, self.ports[0]
+        if self.network is not None and self.network.num_addresses == 1:
+            return str(self.network.network_address), self.ports[0]
         return None
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise AllowlistError(f"allowlist entry {entry!r}: port {text!r} is not 1-65535 or '*'")
-    return int(text)
+
+
+def _parsePorts(text: str, entry: str) -> tuple[int, int]:
+    if text == "*":
+        return 1, 65535
+    match = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", text)
+    if not match:
+        raise AllowlistError(f"allowlist entry {entry!r}: port {text!r} is not 1-65535, a range LOW-HIGH or '*'")
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    if not 0 < low <= high < 65536:
+        raise AllowlistError(f"allowlist entry {entry!r}: port {text!r} is not 1-65535, a range LOW-HIGH or '*'")
+    return low, high
+
+
+def _parseHost(host: str, entry: str, bracketed: bool) -> dict[str, object]:
+    if host == "*":
+        return {}
+    if "/" in host:
+        try:
+            network = ipaddress.ip_network(host, strict=True)
+        except ValueError as e:
+            raise AllowlistError(f"allowlist entry {entry!r}: {e}") from None
+        if bracketed != (network.version == 6):
+            raise AllowlistError(f"allowlist entry {entry!r}: write IPv6 networks in brackets, IPv4 without")
+        return {"network": network}
+    address = parseAddress(host)
+    if address is not None:
+        if bracketed != (":" in host):
+            raise AllowlistError(f"allowlist entry {entry!r}: brackets are for IPv6 addresses")
+        return {"network": ipaddress.ip_network(address)}
+    if bracketed:
+        raise AllowlistError(f"allowlist entry {entry!r}: {host!r} in brackets is not an IPv6 address")
+    if host.startswith("*."):
+        try:
+            domain = normalize(host[2:])
+        except InvalidDestination:
+            raise AllowlistError(f"allowlist entry {entry!r}: {host[2:]!r} is not a valid domain") from None
+        if domain.name is None:
+            raise AllowlistError(f"allowlist entry {entry!r}: '*.' goes before a domain name, not an address")
+        return {"suffix": "." + domain.name}
+    if "*" in host:
+        raise AllowlistError(f"allowlist entry {entry!r}: '*' is allowed only as the whole host or as '*.domain'")
+    try:
+        destination = normalize(host)
+    except InvalidDestination:
+        raise AllowlistError(f"allowlist entry {entry!r}: {host!r} is not a valid host name") from None
+    return {"name": destination.name}
 
 
 def parseRule(entry: str) -> Rule:
     """
-    Parse one C{host:port} entry.
+    Parse one entry.
 
-    @raise AllowlistError: the entry is malformed.
+    @raise AllowlistError: the entry is malformed; the message quotes it and says why.
     """
     if entry.startswith("["):
         close = entry.find("]")
         if close < 0 or entry[close + 1 : close + 2] != ":":
             raise AllowlistError(f"allowlist entry {entry!r}: expected '[address]:port'")
-        host, portText = entry[1:close], entry[close + 2 :]
+        host, portText, bracketed = entry[1:close], entry[close + 2 :], True
     else:
         host, sep, portText = entry.rpartition(":")
         if not sep:
             raise AllowlistError(f"allowlist entry {entry!r}: expected 'host:port'")
         if ":" in host:
             raise AllowlistError(f"allowlist entry {entry!r}: write IPv6 addresses in brackets, as '[::1]:443'")
+        bracketed = False
     if not host:
         raise AllowlistError(f"allowlist entry {entry!r}: empty host")
-    return Rule(None if host == "*" else host, _parsePort(portText, entry), entry)
+    fields = _parseHost(host, entry, bracketed)
+    return Rule(entry, ports=_parsePorts(portText, entry), **fields)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -75,9 +260,8 @@ class Allowlist:
     """
     The parsed allowlist.
 
-    @ivar rules: the entries in order; empty with C{permitAll} for "no list"
-        or C{any}, empty without it for C{none}.
-    @ivar permitAll: every destination is allowed.
+    @ivar rules: the entries in order.
+    @ivar permitAll: every destination is allowed (no list, or C{any}).
     """
 
     rules: tuple[Rule, ...]
@@ -102,11 +286,41 @@ class Allowlist:
             return cls((), False)
         return cls(tuple(parseRule(entry) for entry in entries), False)
 
+    def check(self, destination: Destination, port: int) -> Verdict:
+        """
+        Judge a destination before any lookup.
+        """
+        if self.permitAll:
+            return Verdict.ALLOW
+        if destination.address is not None:
+            allowed = any(rule.matchesAddress(destination.address, port) for rule in self.rules)
+            return Verdict.ALLOW if allowed else Verdict.DENY
+        assert destination.name is not None
+        if any(rule.matchesName(destination.name, port) for rule in self.rules):
+            return Verdict.ALLOW
+        if any(rule.network is not None and rule.portMatches(port) for rule in self.rules):
+            return Verdict.CHECK_ADDRESSES
+        return Verdict.DENY
+
+    def allowsAddresses(self, addresses: Iterable[IPAddress], port: int) -> bool:
+        """
+        Whether every address a name resolved to is allowed (never true for none).
+        """
+        checked = [parseAddress(str(address)) for address in addresses]
+        return bool(checked) and all(
+            address is not None and any(rule.matchesAddress(address, port) for rule in self.rules)
+            for address in checked
+        )
+
     def allows(self, host: str, port: int) -> bool:
         """
-        Whether a CONNECT to C{host} (as the client sent it) and C{port} may go ahead.
+        Whether C{host} as sent is allowed without a lookup (names under IP
+        rules count as denied here).
         """
-        return self.permitAll or any(rule.matches(host, port) for rule in self.rules)
+        try:
+            return self.check(normalize(host), port) is Verdict.ALLOW
+        except InvalidDestination:
+            return False
 
     def describe(self) -> str:
         """

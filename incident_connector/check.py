@@ -112,10 +112,11 @@ async def _destinationSteps(reactor: Any, options: Options, report: Report) -> N
         return
     for rule in allowlist.rules:
         step = f"destination {rule.text} reachable"
-        if rule.host is None or rule.port is None:
-            report.skip(step, "a wildcard cannot be tried")
+        concrete = rule.concrete()
+        if concrete is None:
+            report.skip(step, "a wildcard, network or port range cannot be tried")
             continue
-        endpoint = HostnameEndpoint(reactor, rule.host, rule.port, timeout=options["connect-timeout"])
+        endpoint = HostnameEndpoint(reactor, concrete[0], concrete[1], timeout=options["connect-timeout"])
         try:
             connected = await endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
         except Exception as e:

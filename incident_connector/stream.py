@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .allowlist import Allowlist
+from .allowlist import Allowlist, InvalidDestination, Verdict, normalize
 from .dial import classify, dial
 from .metrics import ConnectorMetrics
 from .socks import ConnectRequest, MethodSelected, Reply, SOCKSError, SOCKSServerParser
@@ -69,7 +69,11 @@ class _Phase(enum.Enum):
 
 
 def formatDestination(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """
+    C{host:port} for logs; hostile bytes in the host are escaped, never written raw.
+    """
+    shown = host if host.isprintable() and len(host) <= 255 else repr(host[:255])
+    return f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
 
 
 @implementer(interfaces.IPushProducer)
@@ -208,7 +212,13 @@ class ForwardedStream(SSHChannel):
         self._timer = None
         settings.metrics.handshakeSeconds.observe(self.clock.seconds() - self._opened)
         self.destination = formatDestination(request.host, request.port)
-        if not settings.allowlist.allows(request.host, request.port):
+        try:
+            destination = normalize(request.host)
+        except InvalidDestination:
+            self._finish("bad_request", self.parser.reply(Reply.HOST_UNREACHABLE))
+            return
+        verdict = settings.allowlist.check(destination, request.port)
+        if verdict is Verdict.DENY:
             self._finish("denied", self.parser.reply(Reply.NOT_ALLOWED))
             return
         self._phase = _Phase.DIALING
@@ -217,7 +227,13 @@ class ForwardedStream(SSHChannel):
             self._pending.append(request.rest)
         started = self.clock.seconds()
         self._dialing = dial(
-            settings.reactor, request.host, request.port, _TargetFactory(self), settings.connectTimeout
+            settings.reactor,
+            settings.allowlist,
+            destination,
+            verdict,
+            request.port,
+            _TargetFactory(self),
+            settings.connectTimeout,
         )
 
         def connected(target: TargetProtocol) -> None:

@@ -181,7 +181,9 @@ class CheckTests(TunnelTestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn("ok    forward granted", result.stdout)
         self.assertRegex(result.stdout, rf"FAIL  destination 127\.0\.0\.1:{closed.port} reachable: .*refused")
-        self.assertIn("skip  destination *:443 reachable: a wildcard cannot be tried", result.stdout)
+        self.assertIn(
+            "skip  destination *:443 reachable: a wildcard, network or port range cannot be tried", result.stdout
+        )
 
     def test_badOptions(self) -> None:
         result = self.check("--max-streams", "x")

@@ -111,6 +111,7 @@ class TokenTests(TokenTestCase):
         self.assertNotIn(token, self.relay.log.read_text())
         _status, metrics = connector.get("/metrics")
         self.assertRegex(metrics, r"incident_connector_certificate_expiry_seconds (8\d\d|9\d\d)\.")
+        self.assertNotIn(token, metrics)
 
     def test_keyReusedAcrossRestarts(self) -> None:
         connectorId, token = self.relay.add("demo")
