@@ -6,6 +6,7 @@ reply and closes the channel.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from hypothesis import given, settings
@@ -58,7 +59,7 @@ def feed(allowlist: str, data: bytes, cuts: list[int]) -> tuple[FakeConnection, 
     stream = ForwardedStream(streamSettings, remoteWindow=1 << 20, remoteMaxPacket=32768, conn=conn)  # type: ignore[arg-type]
     stream.channelOpen(b"")
     points = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         if conn.closed:
             break
         stream.dataReceived(data[start:end])
@@ -77,7 +78,7 @@ class StreamPropertyTests(SynchronousTestCase):
         st.lists(st.integers(min_value=0, max_value=400), max_size=8),
     )
     def test_arbitraryBytes(self, data: bytes, cuts: list[int]) -> None:
-        conn, stream, reactor = feed("none", data, cuts)
+        conn, _stream, reactor = feed("none", data, cuts)
         if conn.closed:
             version = data[0] if data else 0
             if version in VALID_FINAL:
