@@ -17,6 +17,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from twisted.internet import defer
+from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.web.client import (
     Agent,
@@ -27,6 +29,10 @@ from twisted.web.client import (
     readBody,
 )
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from .proxy import HTTPConnectEndpoint, Proxy
 
 __all__ = ["CertificateAPI", "CredentialsError", "isLoopbackURL"]
 
@@ -54,6 +60,27 @@ def isLoopbackURL(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@implementer(IAgentEndpointFactory)
+class _ProxiedEndpoints:
+    """
+    Agent's connections through an HTTP proxy: a CONNECT tunnel, with TLS
+    (verified as without a proxy) on top for https.
+    """
+
+    def __init__(self, reactor: Any, proxy: Proxy, policy: BrowserLikePolicyForHTTPS, timeout: float) -> None:
+        self.reactor = reactor
+        self.proxy = proxy
+        self.policy = policy
+        self.timeout = timeout
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        host = uri.host.decode("ascii")
+        tunnel = HTTPConnectEndpoint(self.reactor, self.proxy, host, uri.port, self.timeout)
+        if uri.scheme == b"https":
+            return wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), tunnel)
+        return tunnel
 
 
 def _tlsDetail(reason: Any) -> str | None:
@@ -89,6 +116,7 @@ class CertificateAPI:
         token: str,
         caFile: str | None = None,
         timeout: float = 30.0,
+        proxy: Proxy | None = None,
     ) -> None:
         self.reactor = reactor
         self.url = url.rstrip("/")
@@ -99,7 +127,11 @@ class CertificateAPI:
         if caFile is not None:
             with open(caFile, "rb") as f:
                 trustRoot = trustRootFromCertificates([Certificate.loadPEM(f.read())])
-        self._agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot))
+        policy = BrowserLikePolicyForHTTPS(trustRoot)
+        if proxy is None:
+            self._agent = Agent(reactor, contextFactory=policy)
+        else:
+            self._agent = Agent.usingEndpointFactory(reactor, _ProxiedEndpoints(reactor, proxy, policy, timeout))
         self._rejections = 0
 
     def __repr__(self) -> str:

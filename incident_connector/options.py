@@ -16,11 +16,13 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from twisted.python import usage
 
 from .allowlist import Allowlist, AllowlistError
 from .api import isLoopbackURL
+from .proxy import proxyFor
 
 ENV_PREFIX = "INCIDENT_CONNECTOR_"
 
@@ -98,6 +100,8 @@ OPTIONS: list[tuple[str, Any, Callable[[str], Any] | None, str]] = [
     ("relay-host-key", None, None, "Relay host key fingerprint pin, SHA256:..."),
     ("forward-dest-allowlist", None, None, "Space-separated HOST:PORT destinations allowed (default: any)."),
     ("metrics-listen", "tcp:9090", None, "Twisted server endpoint for /metrics, /healthz, /readyz."),
+    ("proxy", None, None, "HTTP proxy for the relay and the API, http://[user:pass@]host:port (beats HTTPS_PROXY)."),
+    ("connections", 1, _positiveInt, "Independent SSH connections to the relay, each with its own forward."),
     ("keepalive-interval", 15.0, _positiveFloat, "Seconds between keepalives to the relay (0: off)."),
     ("keepalive-count", 3, _positiveInt, "Missed keepalive replies in a row that drop the connection."),
     ("grace-period", 30.0, _positiveFloat, "Seconds open streams may finish after SIGTERM."),
@@ -111,7 +115,7 @@ OPTIONS: list[tuple[str, Any, Callable[[str], Any] | None, str]] = [
     ("log-level", "info", _choice("debug", "info", "warn", "error"), "Least severe level logged."),
 ]
 
-SECRETS = frozenset({"api-token"})
+SECRETS = frozenset({"api-token", "proxy"})
 
 
 class ConfigurationError(Exception):
@@ -174,7 +178,8 @@ class Options(usage.Options):
     def validate(self) -> None:
         """
         Check that the options make a connector that can start.  Sets
-        C{relayHost}, C{relayPort}, C{allowlist}, C{usesToken} and C{apiToken}.
+        C{relayHost}, C{relayPort}, C{allowlist}, C{relayProxy}, C{apiProxy},
+        C{usesToken} and C{apiToken}.
         """
         try:
             self.relayHost, self.relayPort = parseHostPort(self["relay-address"], 22)
@@ -192,6 +197,14 @@ class Options(usage.Options):
         for name in ("known-hosts", "certificate-file", "api-ca-file", "api-token-file"):
             if self[name] is not None and not os.path.isfile(self[name]):
                 raise ConfigurationError(f"--{name} {self[name]!r}: no such file")
+        try:
+            self.relayProxy = proxyFor(self.relayHost, self.relayPort, self["proxy"], self.environ)
+            api = urlsplit(self["api-url"])
+            self.apiProxy = proxyFor(
+                api.hostname or "", api.port or (443 if api.scheme == "https" else 80), self["proxy"], self.environ
+            )
+        except ValueError as e:
+            raise ConfigurationError(f"--proxy (or HTTPS_PROXY/ALL_PROXY): {e}") from None
         self.apiToken = self._readToken()
         self.usesToken = self["identity-file"] is None and self.apiToken is not None
         if self.usesToken:

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.application import service, strports
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
@@ -22,6 +23,7 @@ from .credentials import Credentials, StaticCredentials, TokenCredentials
 from .logs import makeObserver
 from .metrics import ConnectorMetrics
 from .options import Options, fail
+from .proxy import HTTPConnectEndpoint
 from .stream import ForwardedStream, StreamSettings
 from .tunnel.auth import RelayUserAuth, loadIdentity
 from .tunnel.certificates import CertificateError, UserCertificate
@@ -62,8 +64,9 @@ class ConnectorService(service.MultiService):
     def startService(self) -> None:
         options = self.options
         _log.info(
-            "incident-connector starting: relay {relay} as {user}, destinations: {allowlist}",
+            "incident-connector starting: relay {relay}{via} as {user}, destinations: {allowlist}",
             relay=options["relay-address"],
+            via=f" via proxy {options.relayProxy}" if options.relayProxy else "",
             user=options["relay-user"] or f"connector {options['connector-id']} (token authentication)",
             allowlist=options.allowlist.describe(),
         )
@@ -98,22 +101,23 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     def makeStream(windowSize: int, maxPacket: int, data: bytes) -> ForwardedStream:
         return ForwardedStream(settings, remoteWindow=windowSize, remoteMaxPacket=maxPacket)
 
-    factory = relayFactory(options, reactor, metrics, makeStream)
-    backoff = Backoff(options["reconnect-initial-delay"], options["reconnect-max-delay"])
-    relay = RelayService(
-        reactor,
-        relayEndpoint(options, reactor),
-        factory,
-        credentials,
-        metrics,
-        options["relay-address"],
-        options["grace-period"],
-        backoff,
-    )
     observer = makeObserver(options["log-format"], options["log-level"], sys.stdout)
     top = ConnectorService(options, metrics, observer)
-    top.relays.append(relay)
-    relay.setServiceParent(top)
+    for index in range(options["connections"]):
+        # Each connection reconnects on its own, with its own backoff.
+        relay = RelayService(
+            reactor,
+            relayEndpoint(options, reactor),
+            relayFactory(options, reactor, metrics, makeStream, label=str(index) if options["connections"] > 1 else ""),
+            credentials,
+            metrics,
+            options["relay-address"],
+            options["grace-period"],
+            Backoff(options["reconnect-initial-delay"], options["reconnect-max-delay"]),
+            index=index,
+        )
+        top.relays.append(relay)
+        relay.setServiceParent(top)
     strports.service(options["metrics-listen"], makeSite(metrics, top.relays), reactor=reactor).setServiceParent(top)
     if installSignals:
         reactor.addSystemEventTrigger("before", "shutdown", _exitOnSecondSignal)
@@ -134,6 +138,7 @@ def makeCredentials(options: Options, reactor: Any) -> StaticCredentials | Token
             options.apiToken,
             options["api-ca-file"],
             timeout=options["connect-timeout"] * 3,
+            proxy=options.apiProxy,
         )
         try:
             return TokenCredentials(
@@ -169,6 +174,7 @@ def relayFactory(
     makeStream: StreamFactory,
     maxStreams: int | None = None,
     keepaliveInterval: float | None = None,
+    label: str = "",
 ) -> RelayTransportFactory:
     """
     The SSH client stack for the relay: transport, user auth, connection.
@@ -183,6 +189,7 @@ def relayFactory(
             maxStreams=options["max-streams"] if maxStreams is None else maxStreams,
             keepaliveInterval=options["keepalive-interval"] if keepaliveInterval is None else keepaliveInterval,
             keepaliveCount=options["keepalive-count"],
+            label=label,
         )
         credentials = transport.factory.credentials
         return RelayUserAuth(credentials.user.encode("utf-8"), connection, credentials.key, credentials.certificate)
@@ -190,7 +197,14 @@ def relayFactory(
     return RelayTransportFactory(makeUserAuth)
 
 
-def relayEndpoint(options: Options, reactor: Any) -> HostnameEndpoint:
+def relayEndpoint(options: Options, reactor: Any) -> IStreamClientEndpoint:
+    """
+    TCP to the relay: straight, or through the HTTP proxy that applies to it.
+    """
+    if options.relayProxy is not None:
+        return HTTPConnectEndpoint(
+            reactor, options.relayProxy, options.relayHost, options.relayPort, timeout=options["connect-timeout"]
+        )
     return HostnameEndpoint(reactor, options.relayHost, options.relayPort, timeout=options["connect-timeout"])
 
 

@@ -459,3 +459,79 @@ class ReferenceRelay:
 
         document = json.loads(self.cli("add", name, "--json"))
         return document["connector_id"], document["api_token"]
+
+
+class ConnectProxy:
+    """
+    A small HTTP CONNECT proxy on loopback, in threads: optional Basic auth,
+    and a count of the tunnels it opened.
+
+    @ivar tunnels: C{host:port} of every tunnel opened.
+    @ivar refused: how many CONNECTs it refused.
+    """
+
+    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+        import base64
+
+        self.tunnels: list[str] = []
+        self.refused = 0
+        expected = None
+        if credentials is not None:
+            expected = "Basic " + base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+        proxy = self
+
+        def handle(client: socket.socket) -> None:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+            method, target = lines[0].split(" ")[:2]
+            headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+            if method != "CONNECT":
+                client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                return
+            if expected is not None and headers.get("Proxy-Authorization") != expected:
+                proxy.refused += 1
+                client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n")
+                return
+            host, _, port = target.rpartition(":")
+            try:
+                upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+            except OSError:
+                client.sendall(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
+                return
+            upstream.settimeout(None)
+            proxy.tunnels.append(target)
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            def pump(source: socket.socket, sink: socket.socket) -> None:
+                try:
+                    while data := source.recv(65536):
+                        sink.sendall(data)
+                except OSError:
+                    pass
+                finally:
+                    for s in (source, sink):
+                        try:
+                            s.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+
+            other = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+            other.start()
+            pump(client, upstream)
+            other.join()
+            upstream.close()
+
+        self.target = Target(handle)
+        self.port = self.target.port
+
+    def url(self, credentials: tuple[str, str] | None = None) -> str:
+        auth = f"{credentials[0]}:{credentials[1]}@" if credentials else ""
+        return f"http://{auth}127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.target.close()

@@ -43,6 +43,7 @@ class RelayConnection(connection.SSHConnection):
     @ivar maxStreams: channels open at once past which new ones are refused.
     @ivar keepaliveInterval: seconds between keepalives; 0 disables them.
     @ivar keepaliveCount: unanswered keepalives in a row that end the connection.
+    @ivar label: names this connection in logs when there are several.
     @ivar allocatedPort: the port the relay listens on for us, once granted.
     @ivar draining: no new stream is accepted (shutdown in progress).
     """
@@ -58,6 +59,7 @@ class RelayConnection(connection.SSHConnection):
         maxStreams: int = 1024,
         keepaliveInterval: float = 15.0,
         keepaliveCount: int = 3,
+        label: str = "",
     ) -> None:
         super().__init__()
         # Conch narrates every channel at info through _log: file that under its own namespace.
@@ -68,6 +70,7 @@ class RelayConnection(connection.SSHConnection):
         self.maxStreams = maxStreams
         self.keepaliveInterval = keepaliveInterval
         self.keepaliveCount = keepaliveCount
+        self.label = label
         self.allocatedPort: int | None = None
         self.draining = False
         self._missedKeepalives = 0
@@ -95,7 +98,11 @@ class RelayConnection(connection.SSHConnection):
     def _forwardGranted(self, data: bytes) -> None:
         (port,) = struct.unpack(">L", data[:4])
         self.allocatedPort = port
-        self.log.info("Allocated port {port} for remote forward to socks", port=port)
+        self.log.info(
+            "Allocated port {port} for remote forward to socks{on}",
+            port=port,
+            on=f" (connection {self.label})" if self.label else "",
+        )
         self.transport.forwardGranted(port)
 
     def _forwardRefused(self, reason: Failure) -> None:
