@@ -15,6 +15,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .ciphers import BadPacket, Ciphers
 from .hostkeys import HostKeyMismatch
 from .hostkeys import fingerprint as sha256Fingerprint
 
@@ -51,10 +52,18 @@ class RelayTransport(transport.SSHClientTransport):
     @ivar hostKeyFingerprint: the relay's verified host key, C{SHA256:...}.
     """
 
-    # Only what the issue allows: no CBC/3DES, no SHA-1 or MD5 MACs.
-    supportedCiphers = [b"aes128-ctr", b"aes256-ctr", b"aes192-ctr"]
+    # AES-GCM first (one AEAD pass per packet, no HMAC); then AES-CTR with
+    # HMAC-SHA2.  No CBC/3DES, no SHA-1 or MD5 MACs, no compression.
+    supportedCiphers = [
+        b"aes128-gcm@openssh.com",
+        b"aes256-gcm@openssh.com",
+        b"aes128-ctr",
+        b"aes256-ctr",
+        b"aes192-ctr",
+    ]
     supportedMACs = [b"hmac-sha2-256", b"hmac-sha2-512"]
     supportedKeyExchanges = [b"curve25519-sha256", b"curve25519-sha256@libssh.org"]
+    supportedCompressions = [b"none"]
 
     factory: RelayTransportFactory
 
@@ -73,6 +82,43 @@ class RelayTransport(transport.SSHClientTransport):
             transport.SSHClientTransport.supportedPublicKeys
         )
         super().connectionMade()
+
+    def ssh_KEXINIT(self, packet: bytes) -> object:
+        result = super().ssh_KEXINIT(packet)
+        # Conch built plain SSHCiphers from the negotiated names; ours know AES-GCM.
+        negotiated = self.nextEncryptions
+        self.nextEncryptions = Ciphers(
+            negotiated.outCipType, negotiated.inCipType, negotiated.outMACType, negotiated.inMACType
+        )
+        return result
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        aead = self.currentEncryptions.outAEAD if isinstance(self.currentEncryptions, Ciphers) else None
+        if aead is None:
+            return super().sendPacket(messageType, payload)
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(messageType):
+            self._blockedByKeyExchange.append((messageType, payload))
+            return None
+        assert self.transport is not None
+        self.transport.write(aead.seal(bytes((messageType,)) + payload))
+        self.outgoingPacketSequence += 1
+        return None
+
+    def getPacket(self) -> bytes | None:
+        aead = self.currentEncryptions.inAEAD if isinstance(self.currentEncryptions, Ciphers) else None
+        if aead is None:
+            return super().getPacket()
+        try:
+            opened = aead.open(self.buf)
+        except BadPacket as e:
+            self.sendDisconnect(e.reason, str(e).encode())
+            return None
+        if opened is None:
+            return None
+        payload, used = opened
+        self.buf = self.buf[used:]
+        self.incomingPacketSequence += 1
+        return payload
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[None]:
         """
