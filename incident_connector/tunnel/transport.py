@@ -72,6 +72,7 @@ class RelayTransport(transport.SSHClientTransport):
         self.ready: defer.Deferred[int] = defer.Deferred()
         self.whenLost: defer.Deferred[str] = defer.Deferred()
         self.hostKeyFingerprint: str | None = None
+        self._consumed = 0
         self.connection: RelayConnection | None = None
         self._failure: TunnelError | None = None
 
@@ -104,19 +105,32 @@ class RelayTransport(transport.SSHClientTransport):
         self.outgoingPacketSequence += 1
         return None
 
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # Packets were read at an offset; drop what they used, once per read.
+        if self._consumed:
+            self.buf = self.buf[self._consumed :]
+            self._consumed = 0
+
     def getPacket(self) -> bytes | None:
+        """
+        Conch slices its whole receive buffer for every packet; AEAD packets
+        are read at an offset instead, and the buffer is trimmed once per read.
+        """
         aead = self.currentEncryptions.inAEAD if isinstance(self.currentEncryptions, Ciphers) else None
         if aead is None:
+            if self._consumed:
+                self.buf, self._consumed = self.buf[self._consumed :], 0
             return super().getPacket()
         try:
-            opened = aead.open(self.buf)
+            opened = aead.open(memoryview(self.buf)[self._consumed :])
         except BadPacket as e:
             self.sendDisconnect(e.reason, str(e).encode())
             return None
         if opened is None:
             return None
         payload, used = opened
-        self.buf = self.buf[used:]
+        self._consumed += used
         self.incomingPacketSequence += 1
         return payload
 
