@@ -10,19 +10,17 @@ renewed before a third of its lifetime is left).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.ssh.keys import Key
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .api import CertificateAPI, CredentialsError
+from .keyfiles import createKeyFile
 from .tunnel.certificates import CertificateError, UserCertificate
 from .tunnel.hostkeys import HostKeyPolicy
 
@@ -70,15 +68,7 @@ def loadOrCreateKey(stateDir: Path) -> Key:
     The connector's ed25519 key under C{stateDir}, generated (0600) on first use.
     """
     path = stateDir / "id_ed25519"
-    if not path.exists():
-        stateDir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        private = ed25519.Ed25519PrivateKey.generate()
-        pem = private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(pem)
+    if createKeyFile(path):
         _log.info("generated a new ed25519 key at {path}", path=str(path))
     return Key.fromFile(str(path))
 

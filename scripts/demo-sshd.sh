@@ -3,27 +3,8 @@
 # throwaway OpenSSH sshd as the relay, a local HTTP server as the private
 # destination, the connector, and fetches the page through the tunnel with
 # curl --socks5-hostname.  Cleans up after itself.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-if ! [ -x /usr/sbin/sshd ] || ! command -v curl >/dev/null; then
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        openssh-server openssh-client curl >/dev/null
-fi
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore .
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$(dirname "$0")/_common.sh"
+need_debian openssh-server openssh-client curl
 
 relay_port=$(freeport); web_port=$(freeport); metrics_port=$(freeport)
 ssh-keygen -q -t ed25519 -N "" -f "$work/host_key"

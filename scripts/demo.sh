@@ -4,26 +4,8 @@
 # (ID + token, as the SaaS UI would show them), starts the connector with only
 # those two, a local web server as the private destination, and fetches it
 # through the tunnel with curl --socks5-hostname.  Cleans up after itself.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-if ! command -v curl >/dev/null; then
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends curl >/dev/null
-fi
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore .
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$(dirname "$0")/_common.sh"
+need_debian curl
 waitfor() {  # waitfor FILE PATTERN: up to 15 s for a log line
     for _ in $(seq 150); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
     echo "timed out waiting for '$2' in $1:"; cat "$1"; exit 1

@@ -109,7 +109,11 @@ def _body(request: IRequest) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-class _Certificate(resource.Resource):
+class _ConnectorAction(resource.Resource):
+    """
+    A leaf under one connector: C{api} and C{connectorId} are what it acts on.
+    """
+
     isLeaf = True
 
     def __init__(self, api: RelayAPI, connectorId: str) -> None:
@@ -117,6 +121,8 @@ class _Certificate(resource.Resource):
         self.api = api
         self.connectorId = connectorId
 
+
+class _Certificate(_ConnectorAction):
     def render_POST(self, request: IRequest) -> bytes:
         api = self.api
         if not api.registry.exists(self.connectorId):
@@ -146,14 +152,7 @@ class _Certificate(resource.Resource):
         )
 
 
-class _Test(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, api: RelayAPI, connectorId: str) -> None:
-        super().__init__()
-        self.api = api
-        self.connectorId = connectorId
-
+class _Test(_ConnectorAction):
     def render_POST(self, request: IRequest) -> bytes | int:
         document = _body(request)
         destination = document.get("destination") if document else None

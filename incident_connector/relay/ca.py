@@ -8,7 +8,6 @@ them at login.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import time
 from pathlib import Path
@@ -17,6 +16,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.ssh.common import getNS
+
+from ..keyfiles import createKeyFile
 
 __all__ = ["CertificateAuthority", "CertificateRejected", "loadOrCreateKey"]
 
@@ -31,18 +32,12 @@ def loadOrCreateKey(path: Path) -> ed25519.Ed25519PrivateKey:
     """
     An ed25519 key stored in OpenSSH format at C{path}, created (0600) if missing.
     """
-    if not path.exists():
-        key = ed25519.Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-        )
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as f:
-            f.write(pem)
-        path.with_name(path.name + ".pub").write_bytes(publicLine(key.public_key()) + b"\n")
+    created = createKeyFile(path)
     loaded = serialization.load_ssh_private_key(path.read_bytes(), None)
     if not isinstance(loaded, ed25519.Ed25519PrivateKey):
         raise ValueError(f"{path} is not an ed25519 key")
+    if created:
+        path.with_name(path.name + ".pub").write_bytes(publicLine(loaded.public_key()) + b"\n")
     return loaded
 
 
