@@ -61,8 +61,10 @@ class ReconnectTests(TunnelTestCase):
         logMark = len(self.relay.log.read_text())
         mark = len(connector.text())
         self.relay.start()
-        connector.waitForLog("host key verification failed: .*differs from the one in known_hosts", after=mark)
-        connector.waitForLog("host key verification failed", after=connector.text().index("retrying", mark))
+        first = connector.waitForLog("host key verification failed: .*differs from the one in known_hosts", after=mark)
+        # And again after a retry: refused every time, never let in.
+        retry = connector.waitForLog("retrying relay", after=mark + first.end())
+        connector.waitForLog("host key verification failed", after=mark + first.end() + retry.end())
         self.assertNotIn("Allocated port", connector.text()[mark:])
         self.assertNotIn("publickey", self.relay.log.read_text()[logMark:])
 
