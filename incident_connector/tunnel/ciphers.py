@@ -1,26 +1,34 @@
 # -*- test-case-name: tests.test_ciphers -*-
 """
-AES-GCM for the SSH transport, as OpenSSH does it (C{aes128-gcm@openssh.com},
-C{aes256-gcm@openssh.com}; RFC 5647 with OpenSSH's naming): the 4-byte packet
-length travels in clear as additional authenticated data, the rest is
-sealed with a 16-byte tag, and no MAC is negotiated.  Conch has no AEAD
-ciphers: L{Ciphers} adds them next to Conch's own, and L{AEADPacketizer}
-frames packets for them without I/O, so it can be tested byte by byte.
+AEAD ciphers for the SSH transport, as OpenSSH does them.  Conch has none:
+L{Ciphers} adds them next to Conch's own, and the packetizers frame packets
+without I/O, so they can be tested byte by byte.
+
+  - C{aes128-gcm@openssh.com}, C{aes256-gcm@openssh.com} (RFC 5647 with
+    OpenSSH's naming): the 4-byte length in clear as additional
+    authenticated data, the rest sealed with a 16-byte tag.
+  - C{chacha20-poly1305@openssh.com} (OpenSSH's PROTOCOL.chacha20poly1305):
+    the length encrypted with a second key, the payload with the first,
+    both authenticated by Poly1305; the nonce is the packet sequence number.
 """
 
 from __future__ import annotations
 
 import struct
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 from twisted.conch.ssh import transport
 from twisted.python.randbytes import secureRandom
 
-__all__ = ["GCM_KEY_SIZES", "AEADPacketizer", "BadPacket", "Ciphers"]
+__all__ = ["AEAD_CIPHERS", "AEADPacketizer", "BadPacket", "ChaChaPacketizer", "Ciphers"]
 
 #: Cipher name -> key size in bytes.
 GCM_KEY_SIZES = {b"aes128-gcm@openssh.com": 16, b"aes256-gcm@openssh.com": 32}
+CHACHA = b"chacha20-poly1305@openssh.com"
+AEAD_CIPHERS = frozenset([*GCM_KEY_SIZES, CHACHA])
 
 _BLOCK = 16
 _TAG = 16
@@ -59,19 +67,16 @@ class AEADPacketizer:
         self.counter = (self.counter + 1) & 0xFFFFFFFFFFFFFFFF
         return nonce
 
-    def seal(self, payload: bytes) -> bytes:
+    def seal(self, payload: bytes, sequence: int) -> bytes:
         """
         The wire bytes of one packet carrying C{payload} (message type included).
+
+        @param sequence: the packet sequence number (unused: GCM counts itself).
         """
-        # Padding aligns everything after the clear length (RFC 5647 7.2).
-        padding = _BLOCK - ((1 + len(payload)) % _BLOCK)
-        if padding < 4:
-            padding += _BLOCK
-        length = struct.pack("!L", 1 + len(payload) + padding)
-        plain = bytes((padding,)) + payload + secureRandom(padding)
+        length, plain = _frame(payload, _BLOCK)
         return length + self._aead.encrypt(self._nonce(), plain, length)
 
-    def open(self, buffer: bytes | bytearray | memoryview) -> tuple[bytes, int] | None:
+    def open(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int] | None:
         """
         The payload of the first whole packet in C{buffer} and the bytes it
         used, or L{None} if the packet is not all there yet.
@@ -91,10 +96,76 @@ class AEADPacketizer:
             plain = self._aead.decrypt(self._nonce(), view[4:used], view[:4])
         except InvalidTag:
             raise BadPacket("bad MAC", transport.DISCONNECT_MAC_ERROR) from None
-        padding = plain[0]
-        if padding < 4 or padding >= len(plain):
-            raise BadPacket("bad padding", transport.DISCONNECT_PROTOCOL_ERROR)
-        return plain[1:-padding], used
+        return _unframe(plain), used
+
+
+def _frame(payload: bytes, block: int) -> tuple[bytes, bytes]:
+    """
+    The length field and the padded packet body: padding (at least 4 bytes)
+    aligns everything after the length to C{block} (RFC 5647 7.2; OpenSSH
+    does the same for chacha20-poly1305).
+    """
+    padding = block - ((1 + len(payload)) % block)
+    if padding < 4:
+        padding += block
+    return struct.pack("!L", 1 + len(payload) + padding), bytes((padding,)) + payload + secureRandom(padding)
+
+
+def _unframe(plain: bytes) -> bytes:
+    padding = plain[0]
+    if padding < 4 or padding >= len(plain):
+        raise BadPacket("bad padding", transport.DISCONNECT_PROTOCOL_ERROR)
+    return plain[1:-padding]
+
+
+_CHACHA_BLOCK = 8
+
+
+class ChaChaPacketizer:
+    """
+    One direction of C{chacha20-poly1305@openssh.com}.
+
+    ChaCha20 here is the original one (64-bit counter, 64-bit nonce); its
+    state equals C{cryptography}'s RFC 7539 ChaCha20 given a 16-byte IV of
+    the counter (8 bytes, little-endian) then the nonce (the sequence
+    number, 8 bytes, big-endian).
+
+    @ivar mainKey: K_2, for the packet body and the Poly1305 key.
+    @ivar lengthKey: K_1, for the length field.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self.mainKey = key[:32]
+        self.lengthKey = key[32:64]
+
+    @staticmethod
+    def _chacha(key: bytes, counter: int, sequence: int, data: bytes | memoryview) -> bytes:
+        iv = counter.to_bytes(8, "little") + sequence.to_bytes(8, "big")
+        encryptor = Cipher(algorithms.ChaCha20(key, iv), mode=None).encryptor()
+        return encryptor.update(data)
+
+    def seal(self, payload: bytes, sequence: int) -> bytes:
+        length, plain = _frame(payload, _CHACHA_BLOCK)
+        sealed = self._chacha(self.lengthKey, 0, sequence, length) + self._chacha(self.mainKey, 1, sequence, plain)
+        polyKey = self._chacha(self.mainKey, 0, sequence, bytes(32))
+        return sealed + Poly1305.generate_tag(polyKey, sealed)
+
+    def open(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int] | None:
+        if len(buffer) < 4:
+            return None
+        view = memoryview(buffer)
+        (length,) = struct.unpack("!L", self._chacha(self.lengthKey, 0, sequence, view[:4]))
+        if length > MAX_PACKET or length % _CHACHA_BLOCK or length < _CHACHA_BLOCK:
+            raise BadPacket(f"bad packet length {length}", transport.DISCONNECT_PROTOCOL_ERROR)
+        used = 4 + length + _TAG
+        if len(buffer) < used:
+            return None
+        polyKey = self._chacha(self.mainKey, 0, sequence, bytes(32))
+        try:
+            Poly1305.verify_tag(polyKey, bytes(view[: 4 + length]), bytes(view[4 + length : used]))
+        except InvalidSignature:
+            raise BadPacket("bad MAC", transport.DISCONNECT_MAC_ERROR) from None
+        return _unframe(self._chacha(self.mainKey, 1, sequence, view[4 : 4 + length])), used
 
 
 class Ciphers(transport.SSHCiphers):
@@ -105,24 +176,30 @@ class Ciphers(transport.SSHCiphers):
     @ivar inAEAD: the receiving packetizer when an AEAD cipher was negotiated.
     """
 
-    outAEAD: AEADPacketizer | None = None
-    inAEAD: AEADPacketizer | None = None
+    outAEAD: AEADPacketizer | ChaChaPacketizer | None = None
+    inAEAD: AEADPacketizer | ChaChaPacketizer | None = None
 
     def setKeys(self, outIV: bytes, outKey: bytes, inIV: bytes, inKey: bytes, outInteg: bytes, inInteg: bytes) -> None:
-        outGCM = self.outCipType in GCM_KEY_SIZES
-        inGCM = self.inCipType in GCM_KEY_SIZES
-        # Let Conch set up whatever is not GCM; "none" stands in for the GCM side.
+        outAEAD = self.outCipType in AEAD_CIPHERS
+        inAEAD = self.inCipType in AEAD_CIPHERS
+        # Let Conch set up whatever is not AEAD; a placeholder stands in for the AEAD side.
         saved = self.outCipType, self.inCipType, self.outMACType, self.inMACType
-        if outGCM:
+        if outAEAD:
             self.outCipType, self.outMACType = b"aes128-ctr", b"none"
-        if inGCM:
+        if inAEAD:
             self.inCipType, self.inMACType = b"aes128-ctr", b"none"
         super().setKeys(outIV, outKey, inIV, inKey, outInteg, inInteg)
         self.outCipType, self.inCipType, self.outMACType, self.inMACType = saved
-        if outGCM:
-            self.outAEAD = AEADPacketizer(outKey[: GCM_KEY_SIZES[self.outCipType]], outIV)
-            self.encBlockSize = _BLOCK
-        if inGCM:
-            self.inAEAD = AEADPacketizer(inKey[: GCM_KEY_SIZES[self.inCipType]], inIV)
-            self.decBlockSize = _BLOCK
+        if outAEAD:
+            self.outAEAD = _packetizer(self.outCipType, outKey, outIV)
+            self.encBlockSize = _CHACHA_BLOCK if self.outCipType == CHACHA else _BLOCK
+        if inAEAD:
+            self.inAEAD = _packetizer(self.inCipType, inKey, inIV)
+            self.decBlockSize = _CHACHA_BLOCK if self.inCipType == CHACHA else _BLOCK
             self.verifyDigestSize = _TAG
+
+
+def _packetizer(name: bytes, key: bytes, iv: bytes) -> AEADPacketizer | ChaChaPacketizer:
+    if name == CHACHA:
+        return ChaChaPacketizer(key)
+    return AEADPacketizer(key[: GCM_KEY_SIZES[name]], iv)
