@@ -4,7 +4,9 @@ loopback sshd, in the same run.
 
     python bench/bench.py [--size-mib 256] [--pings 2000] [--streams 1000]
 
-Prints MB/s download (destination to client) and upload, 1-byte round-trip
+Both clients are connected at once and their transfers alternate, so load
+from elsewhere hits both alike.  Prints MB/s download (destination to client)
+and upload (medians of ``--repeat`` runs), 1-byte round-trip
 p50/p99, concurrent streams of 64 KiB (all checked byte-exact), and RSS idle
 and peak, with each figure as a ratio to OpenSSH.  Run by hand; no test
 asserts on speed.  ``--ciphers aes128-gcm@openssh.com`` makes both use one
@@ -189,18 +191,32 @@ def serve(sock: socket.socket) -> None:
         echo(sock)
 
 
-def measure(name: str, pid: int, port: int, target: Target, args: argparse.Namespace) -> dict[str, float]:
+def measureBoth(
+    peers: dict[str, tuple[int, int]], target: Target, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """
+    Measure every peer (name -> (pid, SOCKS port)) with the runs interleaved,
+    so a busy neighbour slows both alike; medians of C{--repeat} runs.
+    """
     size = args.size_mib * MiB
-    result: dict[str, float] = {"rss_idle": status(pid, "VmRSS") / MiB}
-    result["down"] = download(port, target, size)
-    result["up"] = upload(port, target, size)
-    result["rtt_p50"], result["rtt_p99"] = roundTrips(port, target, args.pings)
-    ok, seconds = concurrent(port, target, args.streams)
-    result["streams_ok"] = ok
-    result["streams_s"] = seconds
-    result["rss_peak"] = status(pid, "VmHWM") / MiB
-    print(f"  {name}: done", file=sys.stderr)
-    return result
+    results: dict[str, dict[str, float]] = {
+        name: {"rss_idle": status(pid, "VmRSS") / MiB} for name, (pid, _) in peers.items()
+    }
+    samples: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.repeat):
+        for name, (_pid, port) in peers.items():
+            samples.setdefault((name, "down"), []).append(download(port, target, size))
+            samples.setdefault((name, "up"), []).append(upload(port, target, size))
+    for (name, key), values in samples.items():
+        results[name][key] = statistics.median(values)
+    for name, (_pid, port) in peers.items():
+        results[name]["rtt_p50"], results[name]["rtt_p99"] = roundTrips(port, target, args.pings)
+    for name, (pid, port) in peers.items():
+        ok, seconds = concurrent(port, target, args.streams)
+        results[name]["streams_ok"] = ok
+        results[name]["streams_s"] = seconds
+        results[name]["rss_peak"] = status(pid, "VmHWM") / MiB
+    return results
 
 
 def main() -> None:
@@ -208,6 +224,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3, help="transfers per peer, interleaved; medians reported")
     parser.add_argument("--connector-arg", action="append", default=[], help="extra connector option")
     parser.add_argument(
         "--ciphers", help="sshd's Ciphers line, so both clients use the same cipher (default: each its own choice)"
@@ -219,13 +236,8 @@ def main() -> None:
     target = Target(serve)
     target.server.request_queue_size = 4096
     allow = f"127.0.0.1:{target.port}"
-    results = {}
     try:
         ssh = OpenSSH(relay, allow, work)
-        try:
-            results["openssh"] = measure("openssh", ssh.process.pid, ssh.allocatedPort(), target, args)
-        finally:
-            ssh.stop()
         connector = Connector(
             work / "connector",
             [
@@ -237,10 +249,14 @@ def main() -> None:
             ],
         ).start()  # fmt: skip
         try:
-            port = connector.allocatedPort()
             assert connector.process is not None
-            results["connector"] = measure("connector", connector.process.pid, port, target, args)
+            peers = {
+                "openssh": (ssh.process.pid, ssh.allocatedPort()),
+                "connector": (connector.process.pid, connector.allocatedPort()),
+            }
+            results = measureBoth(peers, target, args)
         finally:
+            ssh.stop()
             connector.stop()
     finally:
         relay.stop()
@@ -261,7 +277,8 @@ def main() -> None:
         a, b = results["openssh"][key], results["connector"][key]
         print(f"{label:32} {a:10.2f} {b:10.2f} {b / a if a else float('nan'):7.2f}")
     ciphers = args.ciphers or "each client's preference: ssh chacha20-poly1305, connector aes128-gcm"
-    print(f"\n(size {args.size_mib} MiB, {args.pings} pings, {args.streams} streams, ciphers: {ciphers}, ", end="")
+    print(f"\n(size {args.size_mib} MiB x {args.repeat} interleaved, medians; {args.pings} pings; ", end="")
+    print(f"{args.streams} streams; ciphers: {ciphers}; ", end="")
     print(time.strftime("%Y-%m-%d") + ")")
 
 
