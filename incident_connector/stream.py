@@ -116,6 +116,8 @@ class ForwardedStream(SSHChannel):
         self._dialing: defer.Deferred[Any] | None = None
         self._timer: IDelayedCall | None = None
         self._lastActivity = 0.0
+        # Only read the clock per chunk when an idle timeout needs it.
+        self._tracksIdle = settings.idleTimeout > 0
         self._opened = 0.0
 
     # Channel events.
@@ -129,7 +131,8 @@ class ForwardedStream(SSHChannel):
         if self._phase is _Phase.RELAYING:
             assert self.target is not None
             self.bytesUp += len(data)
-            self._lastActivity = self.clock.seconds()
+            if self._tracksIdle:
+                self._lastActivity = self.clock.seconds()
             self.target.tcp.write(data)
         elif self._phase is _Phase.HANDSHAKE:
             self._handshake(data)
@@ -281,7 +284,8 @@ class ForwardedStream(SSHChannel):
 
     def targetDataReceived(self, data: bytes) -> None:
         self.bytesDown += len(data)
-        self._lastActivity = self.clock.seconds()
+        if self._tracksIdle:
+            self._lastActivity = self.clock.seconds()
         self.write(data)
 
     def targetEOF(self) -> None:

@@ -150,6 +150,35 @@ class RelayService(service.Service):
         self.metrics.connectionFailures.labels(connection=self._label, reason=reason).inc()
         self._log.error("relay {relay}: {error}", relay=self.relayName, error=self.lastError)
 
+    def attempt(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
+        """
+        One connection attempt: fresh credentials, then TCP to the relay (or
+        its proxy); each failure is logged and counted once.
+        """
+        self.metrics.connectionAttempts.labels(connection=self._label).inc()
+
+        def noCredentials(reason: Failure) -> Failure:
+            error = reason.value
+            if isinstance(error, CredentialsError):
+                self._leastDelay = error.retryAfter
+                self.attemptFailed(error, error.reason)
+            return reason
+
+        def dial(credentials: Credentials) -> defer.Deferred[Any]:
+            self._leastDelay = 0.0
+            self.factory.credentials = credentials
+            self._log.info("connecting to relay {relay}", relay=self.relayName)
+            return self.endpoint.connect(factory).addCallbacks(self._track, unreachable)
+
+        def unreachable(reason: Failure) -> Failure:
+            if not reason.check(defer.CancelledError):
+                self.attemptFailed(
+                    TunnelError(f"cannot reach relay: {reason.getErrorMessage()}", "unreachable"), "unreachable"
+                )
+            return reason
+
+        return self.credentials.get().addCallbacks(dial, noCredentials)
+
     def _track(self, connected: IProtocol) -> IProtocol:
         """
         Follow one TCP connection until its forward is granted, and then until it ends.
@@ -196,7 +225,7 @@ class RelayService(service.Service):
 @implementer(IStreamClientEndpoint)
 class _AttemptEndpoint:
     """
-    Wraps the relay endpoint to log every attempt and count TCP-level failures.
+    What C{ClientService} dials: every attempt goes through L{RelayService.attempt}.
     """
 
     def __init__(self, owner: RelayService) -> None:
@@ -206,27 +235,4 @@ class _AttemptEndpoint:
         return f"relay {self.owner.relayName}"
 
     def connect(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
-        owner = self.owner
-        owner.metrics.connectionAttempts.labels(connection=owner._label).inc()
-
-        def noCredentials(reason: Failure) -> Failure:
-            error = reason.value
-            if isinstance(error, CredentialsError):
-                owner._leastDelay = error.retryAfter
-                owner.attemptFailed(error, error.reason)
-            return reason
-
-        def dial(credentials: Credentials) -> defer.Deferred[Any]:
-            owner._leastDelay = 0.0
-            owner.factory.credentials = credentials
-            owner._log.info("connecting to relay {relay}", relay=owner.relayName)
-            return owner.endpoint.connect(factory).addCallbacks(owner._track, unreachable)
-
-        def unreachable(reason: Failure) -> Failure:
-            if not reason.check(defer.CancelledError):
-                owner.attemptFailed(
-                    TunnelError(f"cannot reach relay: {reason.getErrorMessage()}", "unreachable"), "unreachable"
-                )
-            return reason
-
-        return owner.credentials.get().addCallbacks(dial, noCredentials)
+        return self.owner.attempt(factory)

@@ -162,7 +162,8 @@ class RelayTransport(transport.SSHClientTransport):
 
     def fail(self, error: TunnelError) -> None:
         """
-        Record why this connection cannot serve, and close it.
+        Record why this connection cannot serve (the first reason wins) and
+        fail C{ready}; whoever called this closes the connection.
         """
         if self._failure is None:
             self._failure = error
