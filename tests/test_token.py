@@ -266,9 +266,9 @@ class OpenSSHTrustsRelayCATests(TokenTestCase):
         sock.close()
 
 
-def makeTLS(directory: Path) -> tuple[Path, Path, Path]:
+def makeTLS(directory: Path, withIP: bool = True) -> tuple[Path, Path, Path]:
     """
-    A CA, and a server certificate it signs for localhost and 127.0.0.1.
+    A CA, and a server certificate it signs for localhost (and 127.0.0.1).
     """
     now = datetime.datetime.now(datetime.timezone.utc)
     caKey = ec.generate_private_key(ec.SECP256R1())
@@ -294,7 +294,9 @@ def makeTLS(directory: Path) -> tuple[Path, Path, Path]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost")] + ([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] if withIP else [])
+            ),
             critical=False,
         )
         .sign(caKey, hashes.SHA256())
@@ -323,6 +325,26 @@ class HTTPSTests(TokenTestCase):
         connectorId, token = self.relay.add("demo")
         connector = self.startConnector(connectorId, token, "--api-ca-file", str(self.caFile))
         connector.allocatedPort()
+
+    def test_wrongHostName(self) -> None:
+        """
+        A trusted certificate that does not name the host dialled is refused,
+        and the line says so.
+        """
+        self.relay.stop()
+        caFile, certFile, keyFile = makeTLS(self.dir / "tls-names", withIP=False)
+        relay = ReferenceRelay(self.dir / "relay-names", scheme="https")
+        relay.apiListen = f"ssl:{relay.apiPort}:interface=127.0.0.1:privateKey={keyFile}:certKey={certFile}"
+        self.relay = relay.start()
+        self.addCleanup(relay.stop)
+        connectorId, token = relay.add("demo")
+        connector = self.startConnector(
+            connectorId, token, "--api-ca-file", str(caFile), apiURL=f"https://127.0.0.1:{relay.apiPort}"
+        )
+        connector.waitForLog(
+            rf"TLS verification of https://127\.0\.0\.1:{relay.apiPort} failed: "
+            "the server certificate does not name this host"
+        )
 
     def test_untrustedCertificate(self) -> None:
         connectorId, token = self.relay.add("demo")
