@@ -274,6 +274,10 @@ class ForwardedStream(SSHChannel):
             target.tcp.registerProducer(self, True)
         self._lastActivity = self.clock.seconds()
         if self.settings.idleTimeout > 0:
+            # One delayed call per stream, moved at most once per timeout period
+            # (activity only updates a timestamp), so the reactor's own timers
+            # suffice even for thousands of streams: txaio's batched timers,
+            # the one part of txaio that could earn its place here, would not.
             self._timer = self.clock.callLater(self.settings.idleTimeout, self._checkIdle)
         if not self.windowHeld:
             return
