@@ -77,7 +77,6 @@ class TokenCredentials:
     """
     Buys a certificate with the API token and keeps it fresh.
 
-    @ivar certificate: the current certificate, or L{None} before the first.
     @ivar lastError: the most recent API failure, or L{None}.
     """
 
@@ -99,12 +98,18 @@ class TokenCredentials:
         self.relayUser = relayUser
         self.pin = pin
         self.key = loadOrCreateKey(stateDir)
-        self.certificate: UserCertificate | None = None
         self._lifetime = 0.0
         self.lastError: CredentialsError | None = None
         self._credentials: Credentials | None = None
         self._waiting: list[defer.Deferred[Credentials]] = []
         self._renewal: Any = None
+
+    @property
+    def certificate(self) -> UserCertificate | None:
+        """
+        The current certificate, or L{None} before the first.
+        """
+        return self._credentials.certificate if self._credentials is not None else None
 
     def secondsToExpiry(self) -> float:
         if self.certificate is None:
@@ -112,7 +117,7 @@ class TokenCredentials:
         return max(0.0, self.certificate.validBefore - self.reactor.seconds())
 
     def _fresh(self) -> bool:
-        if self.certificate is None or self._credentials is None:
+        if self._credentials is None:
             return False
         return self.secondsToExpiry() > self._lifetime / 3
 
@@ -151,7 +156,6 @@ class TokenCredentials:
         knownHosts.write_text(str(response.get("known_hosts", "")))
         policy = HostKeyPolicy(self.relayHost, self.relayPort, self.pin, str(knownHosts))
         user = self.relayUser or str(response.get("relay_user") or "")
-        self.certificate = certificate
         self.lastError = None
         self._credentials = Credentials(user, self.key, certificate, policy)
         # From now, not from valid_after: relays backdate that for clock skew.

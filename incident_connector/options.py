@@ -194,7 +194,7 @@ class Options(usage.Options):
             raise ConfigurationError(
                 f"--relay-host-key {pin!r}: expected SHA256:<43 base64 characters>, as ssh-keygen -lf prints"
             )
-        for name in ("known-hosts", "certificate-file", "api-ca-file", "api-token-file"):
+        for name in ("identity-file", "known-hosts", "certificate-file", "api-ca-file", "api-token-file"):
             if self[name] is not None and not os.path.isfile(self[name]):
                 raise ConfigurationError(f"--{name} {self[name]!r}: no such file")
         try:
@@ -238,8 +238,6 @@ class Options(usage.Options):
                 "no credentials: give --connector-id with --api-token (or --api-token-file), "
                 "or --identity-file for a self-hosted relay"
             )
-        if not os.path.isfile(self["identity-file"]):
-            raise ConfigurationError(f"--identity-file {self['identity-file']!r}: no such file")
         if self["relay-user"] is None:
             self["relay-user"] = self["connector-id"]
         if self["relay-user"] is None:

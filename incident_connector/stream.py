@@ -273,14 +273,13 @@ class ForwardedStream(SSHChannel):
         else:
             target.tcp.registerProducer(self, True)
         self._lastActivity = self.clock.seconds()
-        if self.settings.idleTimeout > 0:
+        if self._tracksIdle:
             # One delayed call per stream, moved at most once per timeout period
             # (activity only updates a timestamp), so the reactor's own timers
             # suffice even for thousands of streams: txaio's batched timers,
             # the one part of txaio that could earn its place here, would not.
             self._timer = self.clock.callLater(self.settings.idleTimeout, self._checkIdle)
-        if not self.windowHeld:
-            return
+        # Held since the request (see _request): the destination takes data now.
         self.windowHeld = False
         self._reopenWindow()
 

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from ..api import CredentialsError
 from ..credentials import Credentials, CredentialsSource
 from ..metrics import ConnectorMetrics
+from .connection import RelayConnection
 from .transport import RelayTransport, RelayTransportFactory, TunnelError
 
 __all__ = ["Backoff", "RelayService"]
@@ -104,16 +105,19 @@ class RelayService(service.Service):
         metrics.tunnelUp.labels(connection=self._label).set(0)
 
     @property
+    def connection(self) -> RelayConnection | None:
+        """
+        The live connection service, while the forward is granted.
+        """
+        return self.transport.connection if self.transport is not None else None
+
+    @property
     def allocatedPort(self) -> int | None:
-        if self.transport is None or self.transport.connection is None:
-            return None
-        return self.transport.connection.allocatedPort
+        return self.connection.allocatedPort if self.connection is not None else None
 
     @property
     def streamsActive(self) -> int:
-        if self.transport is None or self.transport.connection is None:
-            return 0
-        return len(self.transport.connection.channels)
+        return len(self.connection.channels) if self.connection is not None else 0
 
     def startService(self) -> None:
         super().startService()
@@ -130,11 +134,8 @@ class RelayService(service.Service):
         client, self._client = self._client, None
         if client is None:
             return defer.succeed(None)
-        transport = self.transport
-        if transport is not None and transport.connection is not None:
-            drained = transport.connection.drain(self.gracePeriod)
-        else:
-            drained = defer.succeed(None)
+        connection = self.connection
+        drained = connection.drain(self.gracePeriod) if connection is not None else defer.succeed(None)
         return drained.addCallback(lambda _: client.stopService())
 
     def _retryDelay(self, attempt: int) -> float:
