@@ -8,7 +8,9 @@ Back-pressure both ways keeps memory per stream bounded by the SSH windows:
   - the destination not reading: its transport pauses us (we are its
     producer) and we hold back the channel's window adjustments;
   - the relay's window shut: Conch calls C{stopWriting} and we pause reading
-    from the destination until C{startWriting}.
+    from the destination until C{startWriting};
+  - the relay connection's send buffer full (shared by every stream): the
+    connection pauses reading from every destination until it drains.
 Half-close maps SSH EOF to TCP write shutdown and back.
 """
 
@@ -38,6 +40,9 @@ __all__ = ["ForwardedStream", "StreamSettings"]
 #: Our receive window per stream: large enough to keep a loopback relay busy.
 LOCAL_WINDOW = 2 * 1024 * 1024
 LOCAL_MAX_PACKET = 32768
+#: Bytes read from a destination at a time; and while the relay cannot take more.
+READ_SIZE = 65536
+PAUSED_READ = 4096
 
 
 @dataclass
@@ -96,10 +101,11 @@ class ForwardedStream(SSHChannel):
     name = b"forwarded-tcpip"
     conn: RelayConnection
     log = Logger()
+    # Conch narrates every channel at info: file that under its own namespace.
+    _log = Logger(namespace="twisted.conch.ssh.channel")
 
     def __init__(self, settings: StreamSettings, **kw: Any) -> None:
         super().__init__(localWindow=LOCAL_WINDOW, localMaxPacket=LOCAL_MAX_PACKET, **kw)
-        self._log = Logger(namespace="twisted.conch.ssh.channel", source=self)
         self.settings = settings
         self.clock = settings.reactor
         self.parser = SOCKSServerParser()
@@ -160,13 +166,58 @@ class ForwardedStream(SSHChannel):
             self._eofPending = False
             self.conn.sendEOF(self)
 
+    def write(self, data: bytes) -> None:
+        """
+        Conch's C{SSHChannel.write}, but packets are views of C{data}, not
+        copies: the transport copies each once, into its plaintext.
+        """
+        if self.buf:
+            self.buf += data
+            return
+        top = len(data)
+        if top > self.remoteWindowLeft:
+            data, self.buf = data[: self.remoteWindowLeft], data[self.remoteWindowLeft :]
+            self.areWriting = 0
+            self.stopWriting()
+            top = self.remoteWindowLeft
+        rmp = self.remoteMaxPacket
+        if top <= rmp:
+            self.conn.sendData(self, data)
+        else:
+            view = memoryview(data)
+            for offset in range(0, top, rmp):
+                self.conn.sendData(self, view[offset : offset + rmp])
+        self.remoteWindowLeft -= top
+        if self.closing and not self.buf:
+            self.loseConnection()
+
+    # Conch clears or sets areWriting, then calls these, as the relay's
+    # window on this channel shuts or opens.
+
     def stopWriting(self) -> None:
-        if self.target is not None:
-            self.target.tcp.pauseProducing()
+        self.updateReading()
 
     def startWriting(self) -> None:
-        if self.target is not None:
-            self.target.tcp.resumeProducing()
+        self.updateReading()
+
+    def updateReading(self) -> None:
+        """
+        Read from the destination only while the relay takes more: our window
+        on the channel is open and the connection's send buffer is not full.
+        """
+        target = self.target
+        if target is None or self._phase is not _Phase.RELAYING:
+            return
+        tcp = target.tcp
+        if not self.areWriting or self.conn.sendBufferFull:
+            tcp.pauseProducing()
+            # Twisted still reads a paused destination whose readiness came in
+            # the same poll (it dispatches the whole batch): keep such a late
+            # read small, or a thousand of them fill memory.
+            tcp.bufferSize = PAUSED_READ
+        else:
+            tcp.bufferSize = READ_SIZE
+            tcp.resumeProducing()
 
     def closed(self) -> None:
         if self._dialing is not None and not self._dialing.called:
@@ -272,6 +323,7 @@ class ForwardedStream(SSHChannel):
             target.shutdownWrite()
         else:
             target.tcp.registerProducer(self, True)
+        self.updateReading()
         self._lastActivity = self.clock.seconds()
         if self._tracksIdle:
             # One delayed call per stream, moved at most once per timeout period

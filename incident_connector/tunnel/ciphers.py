@@ -14,6 +14,7 @@ without I/O, so they can be tested byte by byte.
 
 from __future__ import annotations
 
+import os
 import struct
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -21,7 +22,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 from twisted.conch.ssh import transport
-from twisted.python.randbytes import secureRandom
 
 __all__ = ["AEAD_CIPHERS", "AEADPacketizer", "BadPacket", "ChaChaPacketizer", "Ciphers"]
 
@@ -67,21 +67,36 @@ class AEADPacketizer:
         self.counter = (self.counter + 1) & 0xFFFFFFFFFFFFFFFF
         return nonce
 
-    def seal(self, payload: bytes, sequence: int) -> bytes:
+    def sealParts(self, head: bytes, payload: bytes | memoryview, sequence: int) -> tuple[bytes, bytes]:
         """
-        The wire bytes of one packet carrying C{payload} (message type included).
+        The wire bytes of one packet carrying C{head + payload} (message type
+        included), as two pieces to write in order, so the payload is copied
+        once, into the plaintext.
 
         @param sequence: the packet sequence number (unused: GCM counts itself).
         """
-        length, plain = _frame(payload, _BLOCK)
-        return length + self._aead.encrypt(self._nonce(), plain, length)
+        length, plain = _frame(head, payload, _BLOCK)
+        return length, self._aead.encrypt(self._nonce(), plain, length)
+
+    def seal(self, payload: bytes, sequence: int) -> bytes:
+        """
+        The wire bytes of one packet carrying C{payload} (message type included).
+        """
+        return b"".join(self.sealParts(b"", payload, sequence))
 
     def open(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int] | None:
         """
         The payload of the first whole packet in C{buffer} and the bytes it
         used, or L{None} if the packet is not all there yet.
 
-        @raise BadPacket: bad length or authentication failure.
+        @raise BadPacket: bad length, padding or authentication failure.
+        """
+        return _payload(self.openPacket(buffer, sequence))
+
+    def openPacket(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int, int] | None:
+        """
+        Like L{open}, without copying the payload out: C{(plain, end, used)},
+        where the payload (message type first) is C{plain[1:end]}.
         """
         if len(buffer) < 4:
             return None
@@ -96,26 +111,61 @@ class AEADPacketizer:
             plain = self._aead.decrypt(self._nonce(), view[4:used], view[:4])
         except InvalidTag:
             raise BadPacket("bad MAC", transport.DISCONNECT_MAC_ERROR) from None
-        return _unframe(plain), used
+        return plain, _payloadEnd(plain), used
 
 
-def _frame(payload: bytes, block: int) -> tuple[bytes, bytes]:
+def _frame(head: bytes, payload: bytes | memoryview, block: int) -> tuple[bytes, bytes]:
     """
-    The length field and the padded packet body: padding (at least 4 bytes)
-    aligns everything after the length to C{block} (RFC 5647 7.2; OpenSSH
-    does the same for chacha20-poly1305).
+    The length field and the padded packet body for C{head + payload}:
+    padding (at least 4 bytes) aligns everything after the length to
+    C{block} (RFC 5647 7.2; OpenSSH does the same for chacha20-poly1305).
     """
-    padding = block - ((1 + len(payload)) % block)
+    size = len(head) + len(payload)
+    padding = block - ((1 + size) % block)
     if padding < 4:
         padding += block
-    return struct.pack("!L", 1 + len(payload) + padding), bytes((padding,)) + payload + secureRandom(padding)
+    body = b"".join((bytes((padding,)), head, payload, _padding.take(padding)))
+    return struct.pack("!L", 1 + size + padding), body
 
 
-def _unframe(plain: bytes) -> bytes:
+class _RandomPool:
+    """
+    Random padding bytes, fetched from the OS a few kilobytes at a time
+    rather than once per packet.
+    """
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._bytes = b""
+        self._offset = 0
+
+    def take(self, count: int) -> bytes:
+        if self._offset + count > len(self._bytes):
+            self._bytes, self._offset = os.urandom(self.SIZE), 0
+        start = self._offset
+        self._offset = start + count
+        return self._bytes[start : start + count]
+
+
+_padding = _RandomPool()
+
+
+def _payloadEnd(plain: bytes) -> int:
+    """
+    Where the payload of a decrypted packet body ends (the padding begins).
+    """
     padding = plain[0]
     if padding < 4 or padding >= len(plain):
         raise BadPacket("bad padding", transport.DISCONNECT_PROTOCOL_ERROR)
-    return plain[1:-padding]
+    return len(plain) - padding
+
+
+def _payload(opened: tuple[bytes, int, int] | None) -> tuple[bytes, int] | None:
+    if opened is None:
+        return None
+    plain, end, used = opened
+    return plain[1:end], used
 
 
 _CHACHA_BLOCK = 8
@@ -144,13 +194,19 @@ class ChaChaPacketizer:
         encryptor = Cipher(algorithms.ChaCha20(key, iv), mode=None).encryptor()
         return encryptor.update(data)
 
-    def seal(self, payload: bytes, sequence: int) -> bytes:
-        length, plain = _frame(payload, _CHACHA_BLOCK)
+    def sealParts(self, head: bytes, payload: bytes | memoryview, sequence: int) -> tuple[bytes, bytes]:
+        length, plain = _frame(head, payload, _CHACHA_BLOCK)
         sealed = self._chacha(self.lengthKey, 0, sequence, length) + self._chacha(self.mainKey, 1, sequence, plain)
         polyKey = self._chacha(self.mainKey, 0, sequence, bytes(32))
-        return sealed + Poly1305.generate_tag(polyKey, sealed)
+        return sealed, Poly1305.generate_tag(polyKey, sealed)
+
+    def seal(self, payload: bytes, sequence: int) -> bytes:
+        return b"".join(self.sealParts(b"", payload, sequence))
 
     def open(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int] | None:
+        return _payload(self.openPacket(buffer, sequence))
+
+    def openPacket(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int, int] | None:
         if len(buffer) < 4:
             return None
         view = memoryview(buffer)
@@ -165,7 +221,8 @@ class ChaChaPacketizer:
             Poly1305.verify_tag(polyKey, bytes(view[: 4 + length]), bytes(view[4 + length : used]))
         except InvalidSignature:
             raise BadPacket("bad MAC", transport.DISCONNECT_MAC_ERROR) from None
-        return _unframe(self._chacha(self.mainKey, 1, sequence, view[4 : 4 + length])), used
+        plain = self._chacha(self.mainKey, 1, sequence, view[4 : 4 + length])
+        return plain, _payloadEnd(plain), used
 
 
 class Ciphers(transport.SSHCiphers):

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, cast
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import common, connection, forwarding
 from twisted.conch.ssh.channel import SSHChannel
+from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime, ITCPTransport
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..metrics import ConnectorMetrics
 from .transport import TunnelError
@@ -33,9 +35,13 @@ BIND_HOST = b"localhost"
 StreamFactory = Callable[[int, int, bytes], SSHChannel]
 
 
+@implementer(IPushProducer)
 class RelayConnection(connection.SSHConnection):
     """
-    The multiplexer over one authenticated relay connection.
+    The multiplexer over one authenticated relay connection; also the
+    producer feeding the relay's TCP connection, so that streams stop reading
+    from their destinations while it cannot send (memory stays bounded by
+    the send buffer, not by every stream's window).
 
     @ivar makeStream: builds the channel for one forwarded stream from the
         peer's window size, max packet size and open data.
@@ -46,6 +52,8 @@ class RelayConnection(connection.SSHConnection):
     @ivar label: names this connection in logs when there are several.
     @ivar allocatedPort: the port the relay listens on for us, once granted.
     @ivar draining: no new stream is accepted (shutdown in progress).
+    @ivar sendBufferFull: the relay connection buffers more than it should:
+        streams do not read from their destinations.
     """
 
     transport: RelayTransport
@@ -73,6 +81,7 @@ class RelayConnection(connection.SSHConnection):
         self.label = label
         self.allocatedPort: int | None = None
         self.draining = False
+        self.sendBufferFull = False
         self._missedKeepalives = 0
         self._keepalive: task.LoopingCall | None = None
         self._drained: defer.Deferred[None] | None = None
@@ -80,6 +89,9 @@ class RelayConnection(connection.SSHConnection):
     def serviceStarted(self) -> None:
         super().serviceStarted()
         self.transport.connection = self
+        consumer = self.transport.transport
+        if IConsumer.providedBy(consumer):
+            cast(IConsumer, consumer).registerProducer(self, True)
         request = self.sendGlobalRequest(
             b"tcpip-forward", forwarding.packGlobal_tcpip_forward((BIND_HOST, 0)), wantReply=True
         )
@@ -94,6 +106,25 @@ class RelayConnection(connection.SSHConnection):
             self._keepalive.stop()
         super().serviceStopped()
         self._fireDrained()
+
+    # IPushProducer, for the relay's TCP connection.
+
+    def pauseProducing(self) -> None:
+        self.sendBufferFull = True
+        self._updateReading()
+
+    def resumeProducing(self) -> None:
+        self.sendBufferFull = False
+        self._updateReading()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _updateReading(self) -> None:
+        for channel in list(self.channels.values()):
+            update = getattr(channel, "updateReading", None)
+            if update is not None:
+                update()
 
     def _forwardGranted(self, data: bytes) -> None:
         (port,) = struct.unpack(">L", data[:4])
@@ -177,6 +208,37 @@ class RelayConnection(connection.SSHConnection):
 
     def channel_forwarded_tcpip(self, windowSize: int, maxPacket: int, data: bytes) -> SSHChannel:
         return self.makeStream(windowSize, maxPacket, data)
+
+    def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
+        localChannel, length = struct.unpack(">2L", packet[:8])
+        if len(packet) - 8 < length:
+            self.transport.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"channel data longer than its packet")
+            return
+        self.channelDataReceived(localChannel, packet[8 : 8 + length])
+
+    def channelDataReceived(self, localChannel: int, data: bytes) -> None:
+        """
+        Conch's C{ssh_CHANNEL_DATA} once the transport has parsed the packet
+        (it calls this directly for AEAD packets, saving two copies).
+        """
+        channel = self.channels.get(localChannel)
+        if channel is None:
+            self.transport.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"data for an unknown channel")
+            return
+        length = len(data)
+        if length > channel.localWindowLeft or length > channel.localMaxPacket:
+            self._log.error("too much data")
+            self.sendClose(channel)
+            return
+        channel.localWindowLeft -= length
+        if channel.localWindowLeft < channel.localWindowSize // 2:
+            self.adjustWindow(channel, channel.localWindowSize - channel.localWindowLeft)
+        channel.dataReceived(data)
+
+    def sendData(self, channel: SSHChannel, data: bytes | memoryview) -> None:
+        if channel.localClosed:
+            return
+        self.transport.sendChannelData(self.channelsToRemoteChannel[channel], data)
 
     def adjustWindow(self, channel: SSHChannel, bytesToAdd: int) -> None:
         """

@@ -6,6 +6,7 @@ the hand-off to user authentication once the connection is secure.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -15,7 +16,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .ciphers import BadPacket, Ciphers
+from .ciphers import AEADPacketizer, BadPacket, ChaChaPacketizer, Ciphers
 from .hostkeys import HostKeyMismatch
 from .hostkeys import fingerprint as sha256Fingerprint
 
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
     from .connection import RelayConnection
 
 __all__ = ["RelayTransport", "RelayTransportFactory", "TunnelError"]
+
+MSG_CHANNEL_DATA = 94
+#: Bytes read from the relay at a time, and sent-but-unwritten bytes past
+#: which streams stop reading from their destinations.
+SOCKET_BUFFER = 256 * 1024
+#: Message type, recipient channel, data length.
+_CHANNEL_DATA_HEAD = struct.Struct(">B2L")
 
 
 class TunnelError(Exception):
@@ -75,13 +83,16 @@ class RelayTransport(transport.SSHClientTransport):
         self.ready: defer.Deferred[int] = defer.Deferred()
         self.whenLost: defer.Deferred[str] = defer.Deferred()
         self.hostKeyFingerprint: str | None = None
-        self._consumed = 0
         self.connection: RelayConnection | None = None
+        self._disconnecting = False
         self._failure: TunnelError | None = None
 
     def connectionMade(self) -> None:
         if ITCPTransport.providedBy(self.transport):
             cast(ITCPTransport, self.transport).setTcpNoDelay(True)
+            # Read more per system call, and buffer this much before pausing
+            # the streams (RelayConnection is the producer).
+            cast(ITCPTransport, self.transport).bufferSize = SOCKET_BUFFER  # type: ignore[attr-defined]
         self.supportedPublicKeys = self.factory.credentials.hostKeyPolicy.preferredAlgorithms(
             transport.SSHClientTransport.supportedPublicKeys
         )
@@ -97,45 +108,125 @@ class RelayTransport(transport.SSHClientTransport):
         return result
 
     def sendPacket(self, messageType: int, payload: bytes) -> None:
-        aead = self.currentEncryptions.outAEAD if isinstance(self.currentEncryptions, Ciphers) else None
+        aead = self._outAEAD()
         if aead is None:
             return super().sendPacket(messageType, payload)
         if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(messageType):
             self._blockedByKeyExchange.append((messageType, payload))
             return None
-        assert self.transport is not None
-        self.transport.write(aead.seal(bytes((messageType,)) + payload, self.outgoingPacketSequence))
-        self.outgoingPacketSequence += 1
+        self._seal(aead, bytes((messageType,)), payload)
         return None
 
+    def sendChannelData(self, remoteChannel: int, data: bytes | memoryview) -> None:
+        """
+        Send C{data} on a channel as one C{SSH_MSG_CHANNEL_DATA}: with AEAD
+        the data is copied once, into the packet's plaintext.
+        """
+        head = _CHANNEL_DATA_HEAD.pack(MSG_CHANNEL_DATA, remoteChannel, len(data))
+        aead = self._outAEAD()
+        if aead is None or self._keyExchangeState != self._KEY_EXCHANGE_NONE:
+            # Conch frames it (and holds it back during a key exchange).
+            self.sendPacket(MSG_CHANNEL_DATA, head[1:] + data)
+        else:
+            self._seal(aead, head, data)
+
+    def _outAEAD(self) -> AEADPacketizer | ChaChaPacketizer | None:
+        return self.currentEncryptions.outAEAD if isinstance(self.currentEncryptions, Ciphers) else None
+
+    def _seal(self, aead: AEADPacketizer | ChaChaPacketizer, head: bytes, payload: bytes | memoryview) -> None:
+        assert self.transport is not None
+        self.transport.writeSequence(aead.sealParts(head, payload, self.outgoingPacketSequence))
+        self.outgoingPacketSequence += 1
+
     def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
-        # Packets were read at an offset; drop what they used, once per read.
-        if self._consumed:
-            self.buf = self.buf[self._consumed :]
-            self._consumed = 0
+        """
+        Conch's loop, without its copies: AEAD packets are opened in place at
+        an offset into the receive buffer (trimmed once per read), and
+        channel data goes straight to the connection, copied once out of the
+        plaintext.  Conch's own framing still reads the version line and any
+        packet before keys are set or under a non-AEAD cipher.
+        """
+        if self._disconnecting:
+            return
+        if not self.gotVersion:
+            super().dataReceived(data)
+            return
+        buf = self.buf + data if self.buf else data
+        offset = 0
+        try:
+            while not self._disconnecting:
+                # Re-read per packet: NEWKEYS switches ciphers mid-buffer.
+                encryptions = self.currentEncryptions
+                aead = encryptions.inAEAD if isinstance(encryptions, Ciphers) else None
+                if aead is None:
+                    self.buf, buf, offset = buf[offset:], b"", 0
+                    packet = self.getPacket()
+                    buf = self.buf
+                    if not packet:
+                        return
+                    self._dispatch(packet, 0, len(packet))
+                    continue
+                try:
+                    opened = aead.openPacket(memoryview(buf)[offset:], self.incomingPacketSequence)
+                except BadPacket as e:
+                    self.sendDisconnect(e.reason, str(e).encode())
+                    return
+                if opened is None:
+                    return
+                plain, end, used = opened
+                offset += used
+                self.incomingPacketSequence += 1
+                self._dispatch(plain, 1, end)
+        finally:
+            self.buf = buf[offset:] if offset else buf
 
     def getPacket(self) -> bytes | None:
         """
-        Conch slices its whole receive buffer for every packet; AEAD packets
-        are read at an offset instead, and the buffer is trimmed once per read.
+        One packet for Conch's own loop (which reads the version line and
+        whatever follows it in the same read): AEAD packets too.
         """
-        aead = self.currentEncryptions.inAEAD if isinstance(self.currentEncryptions, Ciphers) else None
+        encryptions = self.currentEncryptions
+        aead = encryptions.inAEAD if isinstance(encryptions, Ciphers) else None
         if aead is None:
-            if self._consumed:
-                self.buf, self._consumed = self.buf[self._consumed :], 0
             return super().getPacket()
         try:
-            opened = aead.open(memoryview(self.buf)[self._consumed :], self.incomingPacketSequence)
+            opened = aead.open(self.buf, self.incomingPacketSequence)
         except BadPacket as e:
             self.sendDisconnect(e.reason, str(e).encode())
             return None
         if opened is None:
             return None
         payload, used = opened
-        self._consumed += used
+        self.buf = self.buf[used:]
         self.incomingPacketSequence += 1
         return payload
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        # Nothing received after this is acted on.
+        self._disconnecting = True
+        super().sendDisconnect(reason, desc)
+
+    def _dispatch(self, packet: bytes, start: int, end: int) -> None:
+        """
+        Hand the message at C{packet[start:end]} (type byte first) on.
+        """
+        if end <= start:
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"empty packet")
+            return
+        messageNum = packet[start]
+        connection = self.connection
+        if messageNum == MSG_CHANNEL_DATA and connection is not None and self.service is connection:
+            if end - start < _CHANNEL_DATA_HEAD.size:
+                self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"short channel data")
+                return
+            _, channel, length = _CHANNEL_DATA_HEAD.unpack_from(packet, start)
+            dataStart = start + _CHANNEL_DATA_HEAD.size
+            if dataStart + length > end:
+                self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"channel data longer than its packet")
+                return
+            connection.channelDataReceived(channel, packet[dataStart : dataStart + length])
+            return
+        self.dispatchMessage(messageNum, packet[start + 1 : end])
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[None]:
         """
