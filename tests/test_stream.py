@@ -28,9 +28,9 @@ class FakeConnection:
         self.sent = b""
         self.closed = False
 
-    def sendData(self, channel: Any, data: bytes) -> None:
+    def sendPackets(self, channel: Any, packets: list[bytes]) -> None:
         assert not self.closed, "data after close"
-        self.sent += data
+        self.sent += b"".join(packets)
 
     def sendEOF(self, channel: Any) -> None:
         pass

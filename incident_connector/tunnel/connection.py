@@ -8,7 +8,7 @@ connection provably alive, and drains it on shutdown.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from twisted.conch.error import ConchError
@@ -235,10 +235,16 @@ class RelayConnection(connection.SSHConnection):
             self.adjustWindow(channel, channel.localWindowSize - channel.localWindowLeft)
         channel.dataReceived(data)
 
-    def sendData(self, channel: SSHChannel, data: bytes | memoryview) -> None:
+    def sendData(self, channel: SSHChannel, data: bytes) -> None:
+        self.sendPackets(channel, [data])
+
+    def sendPackets(self, channel: SSHChannel, packets: Sequence[bytes | memoryview]) -> None:
+        """
+        Send channel data already cut to the relay's max packet size, in one write.
+        """
         if channel.localClosed:
             return
-        self.transport.sendChannelData(self.channelsToRemoteChannel[channel], data)
+        self.transport.sendChannelData(self.channelsToRemoteChannel[channel], packets)
 
     def adjustWindow(self, channel: SSHChannel, bytesToAdd: int) -> None:
         """

@@ -7,7 +7,7 @@ the hand-off to user authentication once the connection is secure.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 from twisted.conch.ssh import transport
@@ -16,6 +16,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .. import writethrough
 from .ciphers import AEADPacketizer, BadPacket, ChaChaPacketizer, Ciphers
 from .hostkeys import HostKeyMismatch
 from .hostkeys import fingerprint as sha256Fingerprint
@@ -117,25 +118,32 @@ class RelayTransport(transport.SSHClientTransport):
         self._seal(aead, bytes((messageType,)), payload)
         return None
 
-    def sendChannelData(self, remoteChannel: int, data: bytes | memoryview) -> None:
+    def sendChannelData(self, remoteChannel: int, packets: Sequence[bytes | memoryview]) -> None:
         """
-        Send C{data} on a channel as one C{SSH_MSG_CHANNEL_DATA}: with AEAD
-        the data is copied once, into the packet's plaintext.
+        Send each of C{packets} on a channel as one C{SSH_MSG_CHANNEL_DATA},
+        all with one write: with AEAD each is copied once, into its packet's
+        plaintext.
         """
-        head = _CHANNEL_DATA_HEAD.pack(MSG_CHANNEL_DATA, remoteChannel, len(data))
         aead = self._outAEAD()
         if aead is None or self._keyExchangeState != self._KEY_EXCHANGE_NONE:
-            # Conch frames it (and holds it back during a key exchange).
-            self.sendPacket(MSG_CHANNEL_DATA, head[1:] + data)
-        else:
-            self._seal(aead, head, data)
+            # Conch frames them (and holds them back during a key exchange).
+            for data in packets:
+                self.sendPacket(MSG_CHANNEL_DATA, struct.pack(">2L", remoteChannel, len(data)) + data)
+            return
+        pieces: list[bytes] = []
+        for data in packets:
+            head = _CHANNEL_DATA_HEAD.pack(MSG_CHANNEL_DATA, remoteChannel, len(data))
+            pieces.extend(aead.sealParts(head, data, self.outgoingPacketSequence))
+            self.outgoingPacketSequence += 1
+        assert self.transport is not None
+        writethrough.writeSequence(self.transport, pieces)
 
     def _outAEAD(self) -> AEADPacketizer | ChaChaPacketizer | None:
         return self.currentEncryptions.outAEAD if isinstance(self.currentEncryptions, Ciphers) else None
 
     def _seal(self, aead: AEADPacketizer | ChaChaPacketizer, head: bytes, payload: bytes | memoryview) -> None:
         assert self.transport is not None
-        self.transport.writeSequence(aead.sealParts(head, payload, self.outgoingPacketSequence))
+        writethrough.writeSequence(self.transport, aead.sealParts(head, payload, self.outgoingPacketSequence))
         self.outgoingPacketSequence += 1
 
     def dataReceived(self, data: bytes) -> None:
