@@ -150,14 +150,35 @@ class ForwardedStream(SSHChannel):
             self.bytesUp += len(data)
             if self._tracksIdle:
                 self._lastActivity = self.clock.seconds()
-            writethrough.write(self.target.tcp, data)
+            gathered = self.conn.gathered
+            if gathered is None:
+                writethrough.write(self.target.tcp, data)
+            elif self in gathered:
+                gathered[self].append(data)
+            else:
+                gathered[self] = [data]
         elif self._phase is _Phase.HANDSHAKE:
             self._handshake(data)
         elif self._phase is _Phase.DIALING:
             # Bounded: the window stays held until the destination accepts.
             self._pending.append(data)
 
+    def deliver(self, pieces: list[bytes]) -> None:
+        """
+        Write channel data gathered over one read from the relay, at once.
+        """
+        if self.target is not None:
+            writethrough.writeSequence(self.target.tcp, pieces)
+
+    def _deliverGathered(self) -> None:
+        gathered = self.conn.gathered
+        if gathered:
+            pieces = gathered.pop(self, None)
+            if pieces:
+                self.deliver(pieces)
+
     def eofReceived(self) -> None:
+        self._deliverGathered()
         self._clientEOF = True
         if self._phase is _Phase.RELAYING:
             assert self.target is not None
@@ -166,6 +187,7 @@ class ForwardedStream(SSHChannel):
             self._finish("bad_request")
 
     def closeReceived(self) -> None:
+        self._deliverGathered()
         # Whatever we still buffer can never be delivered: the relay will not
         # open its window again.  Close now instead of waiting for it.
         self.buf = b""
@@ -231,6 +253,7 @@ class ForwardedStream(SSHChannel):
             tcp.resumeProducing()
 
     def closed(self) -> None:
+        self._deliverGathered()
         if self._dialing is not None and not self._dialing.called:
             self._dialing.cancel()
         if self.target is not None:

@@ -24,6 +24,8 @@ class FakeConnection:
     The parts of an SSH connection a channel talks to, recording what it says.
     """
 
+    gathered = None
+
     def __init__(self) -> None:
         self.sent = b""
         self.closed = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,12 +45,31 @@ class DestinationTransport(StringTransport):
     """
 
     bufferSize = READ_SIZE
+    shutAfter: bytes | None = None
+    closedAfter: bytes | None = None
+    writes = 0
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         pass
 
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.writes += 1
+        super().writeSequence(data)
+
+    def unregisterProducer(self) -> None:
+        # As a TCP connection: a no-op without one.
+        self.producer = None
+
     def loseWriteConnection(self) -> None:
-        pass
+        self.shutAfter = self.value()
+
+    def loseConnection(self) -> None:
+        self.closedAfter = self.value()
+        super().loseConnection()
 
 
 class Peer:
@@ -159,6 +179,31 @@ class FastPathTests(TunnelInMemory):
             self.transport.dataReceived(wire[start:end])
         self.assertEqual(destination.value(), b"".join(chunks))
         self.assertEqual(self.transport.buf, b"")
+
+    def test_oneWritePerRead(self) -> None:
+        """
+        The channel data of one read from the relay reaches the destination
+        in one write.
+        """
+        _stream, destination = self.openStream()
+        writes = destination.writes
+        self.transport.dataReceived(b"".join(self.peer.channelData(bytes([n]) * 1000) for n in range(5)))
+        self.assertEqual(destination.writes, writes + 1)
+        self.assertEqual(destination.value(), b"".join(bytes([n]) * 1000 for n in range(5)))
+
+    def test_eofAndCloseAfterData(self) -> None:
+        """
+        Data then EOF then close, all in one read: the destination gets all
+        the data before its write side is shut, and before it is closed.
+        """
+        _stream, destination = self.openStream()
+        # Sealed in the order sent: the GCM nonce counts packets.
+        wire = self.peer.channelData(b"a" * 1000) + self.peer.channelData(b"b")
+        wire += self.peer.seal(connection.MSG_CHANNEL_EOF, struct.pack(">L", 0))
+        wire += self.peer.seal(connection.MSG_CHANNEL_CLOSE, struct.pack(">L", 0))
+        self.transport.dataReceived(wire)
+        self.assertEqual(destination.shutAfter, b"a" * 1000 + b"b")
+        self.assertEqual(destination.closedAfter, b"a" * 1000 + b"b")
 
     def test_windowReopens(self) -> None:
         """

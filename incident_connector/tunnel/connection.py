@@ -25,6 +25,7 @@ from ..metrics import ConnectorMetrics
 from .transport import TunnelError
 
 if TYPE_CHECKING:
+    from ..stream import ForwardedStream
     from .transport import RelayTransport
 
 __all__ = ["RelayConnection"]
@@ -54,6 +55,9 @@ class RelayConnection(connection.SSHConnection):
     @ivar draining: no new stream is accepted (shutdown in progress).
     @ivar sendBufferFull: the relay connection buffers more than it should:
         streams do not read from their destinations.
+    @ivar gathered: while the transport works through one read, the channel
+        data each stream got, to write to its destination once at the end
+        (one system call per stream per read, not one per packet).
     """
 
     transport: RelayTransport
@@ -82,6 +86,7 @@ class RelayConnection(connection.SSHConnection):
         self.allocatedPort: int | None = None
         self.draining = False
         self.sendBufferFull = False
+        self.gathered: dict[ForwardedStream, list[bytes]] | None = None
         self._missedKeepalives = 0
         self._keepalive: task.LoopingCall | None = None
         self._drained: defer.Deferred[None] | None = None
@@ -119,6 +124,19 @@ class RelayConnection(connection.SSHConnection):
 
     def stopProducing(self) -> None:
         pass
+
+    def startGathering(self) -> None:
+        """
+        The transport starts on one read: gather channel data until L{deliverGathered}.
+        """
+        self.gathered = {}
+
+    def deliverGathered(self) -> None:
+        pending = self.gathered
+        self.gathered = None
+        if pending:
+            for stream, pieces in pending.items():
+                stream.deliver(pieces)
 
     def _updateReading(self) -> None:
         for channel in list(self.channels.values()):

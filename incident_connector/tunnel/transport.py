@@ -161,6 +161,9 @@ class RelayTransport(transport.SSHClientTransport):
             return
         buf = self.buf + data if self.buf else data
         offset = 0
+        connection = self.connection
+        if connection is not None:
+            connection.startGathering()
         try:
             while not self._disconnecting:
                 # Re-read per packet: NEWKEYS switches ciphers mid-buffer.
@@ -187,6 +190,8 @@ class RelayTransport(transport.SSHClientTransport):
                 self._dispatch(plain, 1, end)
         finally:
             self.buf = buf[offset:] if offset else buf
+            if connection is not None:
+                connection.deliverGathered()
 
     def getPacket(self) -> bytes | None:
         """
