@@ -4,11 +4,13 @@ loopback sshd, in the same run.
 
     python bench/bench.py [--size-mib 256] [--pings 2000] [--streams 1000]
 
-Both clients are connected at once and their transfers alternate, so load
-from elsewhere hits both alike.  Prints MB/s download (destination to client)
-and upload (medians of ``--repeat`` runs), 1-byte round-trip
-p50/p99, concurrent streams of 64 KiB (all checked byte-exact), and RSS idle
-and peak, with each figure as a ratio to OpenSSH.  Run by hand; no test
+Both clients are connected at once and their transfers alternate (which goes
+first alternates too), so load from elsewhere hits both alike.  Prints MB/s
+download (destination to client) and upload (medians of ``--repeat`` runs;
+the ratio is the median of each back-to-back pair's ratio, which cancels the
+machine's drift), 1-byte round-trip p50/p99, concurrent streams of 64 KiB (all
+checked byte-exact), and RSS idle and peak, with each figure as a ratio to
+OpenSSH.  Run by hand; no test
 asserts on speed.  ``--ciphers aes128-gcm@openssh.com`` makes both use one
 cipher (ssh prefers chacha20-poly1305, the connector AES-GCM).
 """
@@ -203,12 +205,16 @@ def measureBoth(
         name: {"rss_idle": status(pid, "VmRSS") / MiB} for name, (pid, _) in peers.items()
     }
     samples: dict[tuple[str, str], list[float]] = {}
-    for _ in range(args.repeat):
-        for name, (_pid, port) in peers.items():
-            samples.setdefault((name, "down"), []).append(download(port, target, size))
-            samples.setdefault((name, "up"), []).append(upload(port, target, size))
+    for run in range(args.repeat):
+        order = list(peers.items()) if run % 2 == 0 else list(reversed(peers.items()))
+        for key, transfer in (("down", download), ("up", upload)):
+            for name, (_pid, port) in order:
+                samples.setdefault((name, key), []).append(transfer(port, target, size))
     for (name, key), values in samples.items():
         results[name][key] = statistics.median(values)
+    for key in ("down", "up"):
+        pairs = zip(samples[("connector", key)], samples[("openssh", key)], strict=True)
+        results["connector"][key + "_ratio"] = statistics.median(c / o for c, o in pairs)
     for name, (_pid, port) in peers.items():
         results[name]["rtt_p50"], results[name]["rtt_p99"] = roundTrips(port, target, args.pings)
     for name, (pid, port) in peers.items():
@@ -224,7 +230,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=3, help="transfers per peer, interleaved; medians reported")
+    parser.add_argument("--repeat", type=int, default=5, help="transfers per peer, interleaved; medians reported")
     parser.add_argument("--connector-arg", action="append", default=[], help="extra connector option")
     parser.add_argument(
         "--ciphers", help="sshd's Ciphers line, so both clients use the same cipher (default: each its own choice)"
@@ -275,9 +281,11 @@ def main() -> None:
     print(f"\n{'':32} {'openssh':>10} {'connector':>10} {'ratio':>7}")
     for label, key, _higherIsBetter in rows:
         a, b = results["openssh"][key], results["connector"][key]
-        print(f"{label:32} {a:10.2f} {b:10.2f} {b / a if a else float('nan'):7.2f}")
+        ratio = results["connector"].get(key + "_ratio", b / a if a else float("nan"))
+        print(f"{label:32} {a:10.2f} {b:10.2f} {ratio:7.2f}")
     ciphers = args.ciphers or "each client's preference: ssh chacha20-poly1305, connector aes128-gcm"
-    print(f"\n(size {args.size_mib} MiB x {args.repeat} interleaved, medians; {args.pings} pings; ", end="")
+    print(f"\n(size {args.size_mib} MiB x {args.repeat} interleaved, medians, paired ratios; ", end="")
+    print(f"{args.pings} pings; ", end="")
     print(f"{args.streams} streams; ciphers: {ciphers}; ", end="")
     print(time.strftime("%Y-%m-%d") + ")")
 
