@@ -40,9 +40,12 @@ __all__ = ["ForwardedStream", "StreamSettings"]
 
 #: Our receive window per stream: large enough to keep a loopback relay busy.
 LOCAL_WINDOW = 2 * 1024 * 1024
+#: OpenSSH's own channel packet size; sshd sends no larger packets when offered more.
 LOCAL_MAX_PACKET = 32768
-#: Bytes read from a destination at a time; and while the relay cannot take more.
-READ_SIZE = 65536
+#: Bytes read from a destination at a time: a reactor turn and a system call
+#: cost about as much as sealing 64 KiB, so read (and send) in larger pieces.
+READ_SIZE = 256 * 1024
+#: ... and while the relay cannot take more (see L{ForwardedStream.updateReading}).
 PAUSED_READ = 4096
 
 
