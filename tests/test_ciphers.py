@@ -134,8 +134,14 @@ class InteropTests(TunnelTestCase):
         self.assertGreaterEqual(log.count(f"kex: server->client cipher: {cipher}"), 4, "key exchanges")
 
     def test_offeredCiphers(self) -> None:
-        self.assertEqual(RelayTransport.supportedCiphers[:2], [b"aes128-gcm@openssh.com", b"aes256-gcm@openssh.com"])
-        self.assertEqual(RelayTransport.supportedCiphers[-1], b"chacha20-poly1305@openssh.com")
+        """
+        AEAD first, cheapest first; never CBC.
+        """
+        self.assertEqual(
+            RelayTransport.supportedCiphers[:3],
+            [b"aes128-gcm@openssh.com", b"aes256-gcm@openssh.com", b"chacha20-poly1305@openssh.com"],
+        )
+        self.assertFalse([name for name in RelayTransport.supportedCiphers if b"cbc" in name])
 
     def test_aes128gcm(self) -> None:
         self.transferBothWays("aes128-gcm@openssh.com")

@@ -18,7 +18,7 @@ import os
 import struct
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 from twisted.conch.ssh import transport
@@ -67,10 +67,10 @@ class AEADPacketizer:
         self.counter = (self.counter + 1) & 0xFFFFFFFFFFFFFFFF
         return nonce
 
-    def sealParts(self, head: bytes, payload: bytes | memoryview, sequence: int) -> tuple[bytes, bytes]:
+    def sealParts(self, head: bytes, payload: bytes | memoryview, sequence: int) -> tuple[bytes, ...]:
         """
         The wire bytes of one packet carrying C{head + payload} (message type
-        included), as two pieces to write in order, so the payload is copied
+        included), as pieces to write in order, so the payload is copied
         once, into the plaintext.
 
         @param sequence: the packet sequence number (unused: GCM counts itself).
@@ -169,6 +169,8 @@ def _payload(opened: tuple[bytes, int, int] | None) -> tuple[bytes, int] | None:
 
 
 _CHACHA_BLOCK = 8
+#: One ChaCha20 block of zeros: encrypting it yields block 0 of the keystream.
+_CHACHA_BLOCK0 = bytes(64)
 
 
 class ChaChaPacketizer:
@@ -189,16 +191,23 @@ class ChaChaPacketizer:
         self.lengthKey = key[32:64]
 
     @staticmethod
-    def _chacha(key: bytes, counter: int, sequence: int, data: bytes | memoryview) -> bytes:
-        iv = counter.to_bytes(8, "little") + sequence.to_bytes(8, "big")
-        encryptor = Cipher(algorithms.ChaCha20(key, iv), mode=None).encryptor()
-        return encryptor.update(data)
+    def _keystream(key: bytes, sequence: int) -> CipherContext:
+        """
+        ChaCha20 from block 0 for this packet: one set-up serves both the
+        Poly1305 key (block 0) and the body (from block 1).
+        """
+        iv = bytes(8) + sequence.to_bytes(8, "big")
+        return Cipher(algorithms.ChaCha20(key, iv), mode=None).encryptor()
 
-    def sealParts(self, head: bytes, payload: bytes | memoryview, sequence: int) -> tuple[bytes, bytes]:
+    def sealParts(self, head: bytes, payload: bytes | memoryview, sequence: int) -> tuple[bytes, ...]:
         length, plain = _frame(head, payload, _CHACHA_BLOCK)
-        sealed = self._chacha(self.lengthKey, 0, sequence, length) + self._chacha(self.mainKey, 1, sequence, plain)
-        polyKey = self._chacha(self.mainKey, 0, sequence, bytes(32))
-        return sealed, Poly1305.generate_tag(polyKey, sealed)
+        sealedLength = self._keystream(self.lengthKey, sequence).update(length)
+        main = self._keystream(self.mainKey, sequence)
+        mac = Poly1305(main.update(_CHACHA_BLOCK0)[:32])
+        body = main.update(plain)
+        mac.update(sealedLength)
+        mac.update(body)
+        return sealedLength, body, mac.finalize()
 
     def seal(self, payload: bytes, sequence: int) -> bytes:
         return b"".join(self.sealParts(b"", payload, sequence))
@@ -210,18 +219,20 @@ class ChaChaPacketizer:
         if len(buffer) < 4:
             return None
         view = memoryview(buffer)
-        (length,) = struct.unpack("!L", self._chacha(self.lengthKey, 0, sequence, view[:4]))
+        (length,) = struct.unpack("!L", self._keystream(self.lengthKey, sequence).update(view[:4]))
         if length > MAX_PACKET or length % _CHACHA_BLOCK or length < _CHACHA_BLOCK:
             raise BadPacket(f"bad packet length {length}", transport.DISCONNECT_PROTOCOL_ERROR)
         used = 4 + length + _TAG
         if len(buffer) < used:
             return None
-        polyKey = self._chacha(self.mainKey, 0, sequence, bytes(32))
+        main = self._keystream(self.mainKey, sequence)
+        mac = Poly1305(main.update(_CHACHA_BLOCK0)[:32])
+        mac.update(view[: 4 + length])
         try:
-            Poly1305.verify_tag(polyKey, bytes(view[: 4 + length]), bytes(view[4 + length : used]))
+            mac.verify(bytes(view[4 + length : used]))
         except InvalidSignature:
             raise BadPacket("bad MAC", transport.DISCONNECT_MAC_ERROR) from None
-        plain = self._chacha(self.mainKey, 1, sequence, view[4 : 4 + length])
+        plain = main.update(view[4 : 4 + length])
         return plain, _payloadEnd(plain), used
 
 
