@@ -218,7 +218,9 @@ class ForwardedStream(SSHChannel):
             self.stopWriting()
             top = self.remoteWindowLeft
         rmp = self.remoteMaxPacket
-        if top <= rmp:
+        if not top:
+            pass
+        elif top <= rmp:
             self.conn.sendPackets(self, [data])
         else:
             view = memoryview(data)

@@ -244,6 +244,20 @@ class FastPathTests(TunnelInMemory):
             self.assertEqual(struct.unpack(">2L", payload[:8]), (RELAY_CHANNEL, len(payload) - 8))
         self.assertEqual(b"".join(p[8:] for p in packets), data)
 
+    def test_nothingSentIntoAShutWindow(self) -> None:
+        """
+        Once the relay's window is used up exactly, further data waits: no
+        packet goes out, not even an empty one, until the window opens.
+        """
+        stream, _destination = self.openStream(window=MAX_PACKET)
+        assert stream.target is not None
+        stream.target.dataReceived(b"x" * stream.remoteWindowLeft)
+        self.sent()
+        stream.target.dataReceived(b"z")
+        self.assertEqual(self.sent(), [])
+        self.transport.dataReceived(self.peer.seal(connection.MSG_CHANNEL_WINDOW_ADJUST, struct.pack(">2L", 0, 10)))
+        self.assertEqual([p[8:] for _, p in self.sent()], [b"z"])
+
 
 class BackPressureTests(TunnelInMemory):
     def test_relayFullPausesEveryDestination(self) -> None:
