@@ -51,18 +51,7 @@ def write(transport: ITransport, data: bytes) -> None:
     C{transport.write(data)}, sending at once what the socket takes if
     nothing is queued.
     """
-    connection = _idle(transport)
-    if connection is not None:
-        try:
-            sent = connection.socket.send(data)
-        except OSError:
-            # Would block, or the connection broke: queued, Twisted's own
-            # write reports a broken connection.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
+    writeSequence(transport, (data,))
 
 
 def writeSequence(transport: ITransport, pieces: Sequence[bytes]) -> None:
@@ -75,6 +64,8 @@ def writeSequence(transport: ITransport, pieces: Sequence[bytes]) -> None:
         try:
             sent = connection.socket.sendmsg(pieces)
         except OSError:
+            # Would block, or the connection broke: queued, Twisted's own
+            # write reports a broken connection.
             sent = 0
         rest: list[bytes] = []
         for piece in pieces:

@@ -141,6 +141,9 @@ class RelayTransport(transport.SSHClientTransport):
     def _outAEAD(self) -> AEADPacketizer | ChaChaPacketizer | None:
         return self.currentEncryptions.outAEAD if isinstance(self.currentEncryptions, Ciphers) else None
 
+    def _inAEAD(self) -> AEADPacketizer | ChaChaPacketizer | None:
+        return self.currentEncryptions.inAEAD if isinstance(self.currentEncryptions, Ciphers) else None
+
     def _seal(self, aead: AEADPacketizer | ChaChaPacketizer, head: bytes, payload: bytes | memoryview) -> None:
         assert self.transport is not None
         writethrough.writeSequence(self.transport, aead.sealParts(head, payload, self.outgoingPacketSequence))
@@ -166,9 +169,8 @@ class RelayTransport(transport.SSHClientTransport):
             connection.startGathering()
         try:
             while not self._disconnecting:
-                # Re-read per packet: NEWKEYS switches ciphers mid-buffer.
-                encryptions = self.currentEncryptions
-                aead = encryptions.inAEAD if isinstance(encryptions, Ciphers) else None
+                # Per packet: NEWKEYS switches ciphers mid-buffer.
+                aead = self._inAEAD()
                 if aead is None:
                     self.buf, buf, offset = buf[offset:], b"", 0
                     packet = self.getPacket()
@@ -198,8 +200,7 @@ class RelayTransport(transport.SSHClientTransport):
         One packet for Conch's own loop (which reads the version line and
         whatever follows it in the same read): AEAD packets too.
         """
-        encryptions = self.currentEncryptions
-        aead = encryptions.inAEAD if isinstance(encryptions, Ciphers) else None
+        aead = self._inAEAD()
         if aead is None:
             return super().getPacket()
         try:
