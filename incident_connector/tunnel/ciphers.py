@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 from twisted.conch.ssh import transport
 
-__all__ = ["AEAD_CIPHERS", "AEADPacketizer", "BadPacket", "ChaChaPacketizer", "Ciphers"]
+__all__ = ["AEAD_CIPHERS", "AEADPacketizer", "BadPacket", "ChaChaPacketizer", "Ciphers", "Packetizer"]
 
 #: Cipher name -> key size in bytes.
 GCM_KEY_SIZES = {b"aes128-gcm@openssh.com": 16, b"aes256-gcm@openssh.com": 32}
@@ -48,7 +48,51 @@ class BadPacket(Exception):
         self.reason = reason
 
 
-class AEADPacketizer:
+class Packetizer:
+    """
+    One direction of an AEAD SSH transport: frames and seals packets, and
+    opens them, without I/O.  Subclasses provide L{sealParts} and
+    L{openPacket}.
+    """
+
+    def sealParts(self, head: bytes, payload: bytes | memoryview, sequence: int) -> tuple[bytes, ...]:
+        """
+        The wire bytes of one packet carrying C{head + payload} (message type
+        included), as pieces to write in order, so the payload is copied
+        once, into the plaintext.
+
+        @param sequence: the packet sequence number.
+        """
+        raise NotImplementedError
+
+    def openPacket(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int, int] | None:
+        """
+        Like L{open}, without copying the payload out: C{(plain, end, used)},
+        where the payload (message type first) is C{plain[1:end]}.
+        """
+        raise NotImplementedError
+
+    def seal(self, payload: bytes, sequence: int) -> bytes:
+        """
+        The wire bytes of one packet carrying C{payload} (message type included).
+        """
+        return b"".join(self.sealParts(b"", payload, sequence))
+
+    def open(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int] | None:
+        """
+        The payload of the first whole packet in C{buffer} and the bytes it
+        used, or L{None} if the packet is not all there yet.
+
+        @raise BadPacket: bad length, padding or authentication failure.
+        """
+        opened = self.openPacket(buffer, sequence)
+        if opened is None:
+            return None
+        plain, end, used = opened
+        return plain[1:end], used
+
+
+class AEADPacketizer(Packetizer):
     """
     One direction of an AES-GCM SSH transport.
 
@@ -68,36 +112,11 @@ class AEADPacketizer:
         return nonce
 
     def sealParts(self, head: bytes, payload: bytes | memoryview, sequence: int) -> tuple[bytes, ...]:
-        """
-        The wire bytes of one packet carrying C{head + payload} (message type
-        included), as pieces to write in order, so the payload is copied
-        once, into the plaintext.
-
-        @param sequence: the packet sequence number (unused: GCM counts itself).
-        """
+        # GCM counts packets itself; the sequence number is not used.
         length, plain = _frame(head, payload, _BLOCK)
         return length, self._aead.encrypt(self._nonce(), plain, length)
 
-    def seal(self, payload: bytes, sequence: int) -> bytes:
-        """
-        The wire bytes of one packet carrying C{payload} (message type included).
-        """
-        return b"".join(self.sealParts(b"", payload, sequence))
-
-    def open(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int] | None:
-        """
-        The payload of the first whole packet in C{buffer} and the bytes it
-        used, or L{None} if the packet is not all there yet.
-
-        @raise BadPacket: bad length, padding or authentication failure.
-        """
-        return _payload(self.openPacket(buffer, sequence))
-
     def openPacket(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int, int] | None:
-        """
-        Like L{open}, without copying the payload out: C{(plain, end, used)},
-        where the payload (message type first) is C{plain[1:end]}.
-        """
         if len(buffer) < 4:
             return None
         (length,) = struct.unpack_from("!L", buffer)
@@ -161,19 +180,12 @@ def _payloadEnd(plain: bytes) -> int:
     return len(plain) - padding
 
 
-def _payload(opened: tuple[bytes, int, int] | None) -> tuple[bytes, int] | None:
-    if opened is None:
-        return None
-    plain, end, used = opened
-    return plain[1:end], used
-
-
 _CHACHA_BLOCK = 8
 #: One ChaCha20 block of zeros: encrypting it yields block 0 of the keystream.
 _CHACHA_BLOCK0 = bytes(64)
 
 
-class ChaChaPacketizer:
+class ChaChaPacketizer(Packetizer):
     """
     One direction of C{chacha20-poly1305@openssh.com}.
 
@@ -209,12 +221,6 @@ class ChaChaPacketizer:
         mac.update(body)
         return sealedLength, body, mac.finalize()
 
-    def seal(self, payload: bytes, sequence: int) -> bytes:
-        return b"".join(self.sealParts(b"", payload, sequence))
-
-    def open(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int] | None:
-        return _payload(self.openPacket(buffer, sequence))
-
     def openPacket(self, buffer: bytes | bytearray | memoryview, sequence: int) -> tuple[bytes, int, int] | None:
         if len(buffer) < 4:
             return None
@@ -244,8 +250,8 @@ class Ciphers(transport.SSHCiphers):
     @ivar inAEAD: the receiving packetizer when an AEAD cipher was negotiated.
     """
 
-    outAEAD: AEADPacketizer | ChaChaPacketizer | None = None
-    inAEAD: AEADPacketizer | ChaChaPacketizer | None = None
+    outAEAD: Packetizer | None = None
+    inAEAD: Packetizer | None = None
 
     def setKeys(self, outIV: bytes, outKey: bytes, inIV: bytes, inKey: bytes, outInteg: bytes, inInteg: bytes) -> None:
         outAEAD = self.outCipType in AEAD_CIPHERS
@@ -267,7 +273,7 @@ class Ciphers(transport.SSHCiphers):
             self.verifyDigestSize = _TAG
 
 
-def _packetizer(name: bytes, key: bytes, iv: bytes) -> AEADPacketizer | ChaChaPacketizer:
+def _packetizer(name: bytes, key: bytes, iv: bytes) -> Packetizer:
     if name == CHACHA:
         return ChaChaPacketizer(key)
     return AEADPacketizer(key[: GCM_KEY_SIZES[name]], iv)

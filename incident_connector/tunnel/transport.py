@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import writethrough
-from .ciphers import AEADPacketizer, BadPacket, ChaChaPacketizer, Ciphers
+from .ciphers import BadPacket, Ciphers, Packetizer
 from .hostkeys import HostKeyMismatch
 from .hostkeys import fingerprint as sha256Fingerprint
 
@@ -138,13 +138,13 @@ class RelayTransport(transport.SSHClientTransport):
         assert self.transport is not None
         writethrough.writeSequence(self.transport, pieces)
 
-    def _outAEAD(self) -> AEADPacketizer | ChaChaPacketizer | None:
+    def _outAEAD(self) -> Packetizer | None:
         return self.currentEncryptions.outAEAD if isinstance(self.currentEncryptions, Ciphers) else None
 
-    def _inAEAD(self) -> AEADPacketizer | ChaChaPacketizer | None:
+    def _inAEAD(self) -> Packetizer | None:
         return self.currentEncryptions.inAEAD if isinstance(self.currentEncryptions, Ciphers) else None
 
-    def _seal(self, aead: AEADPacketizer | ChaChaPacketizer, head: bytes, payload: bytes | memoryview) -> None:
+    def _seal(self, aead: Packetizer, head: bytes, payload: bytes | memoryview) -> None:
         assert self.transport is not None
         writethrough.writeSequence(self.transport, aead.sealParts(head, payload, self.outgoingPacketSequence))
         self.outgoingPacketSequence += 1
