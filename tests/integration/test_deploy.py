@@ -21,6 +21,7 @@ from .harness import (
     Connector,
     ConnectProxy,
     ReferenceRelay,
+    TunnelTestCase,
     descendants,
     echo,
     freePort,
@@ -30,7 +31,6 @@ from .harness import (
     twistdCommand,
     waitFor,
 )
-from .test_e2e import TunnelTestCase
 
 
 class ProxyTests(TunnelTestCase):

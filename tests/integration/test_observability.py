@@ -11,8 +11,7 @@ import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import REPO, Target, echo, recvAll, recvExactly, socks5Connect, waitFor, writeKeyPair
-from .test_e2e import TunnelTestCase
+from .harness import REPO, Target, TunnelTestCase, echo, recvAll, recvExactly, socks5Connect, waitFor, writeKeyPair
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from incident_connector.options import Options, envName, parseHostPort
 
-from .harness import REPO, twistdCommand, writeKeyPair
+from ..integration.harness import REPO, twistdCommand, writeKeyPair
 
 PIN = "SHA256:" + "A" * 43
 

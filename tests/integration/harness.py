@@ -24,8 +24,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.trial.unittest import SynchronousTestCase
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
+MiB = 1024 * 1024
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
@@ -535,3 +537,44 @@ class ConnectProxy:
 
     def close(self) -> None:
         self.target.close()
+
+
+class TunnelTestCase(SynchronousTestCase):
+    """
+    Starts a relay; C{startConnector} starts a connector pointed at it.
+    """
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp()).resolve()
+        self.relay = Relay(self.dir / "relay").start()
+        self.addCleanup(self.relay.stop)
+
+    def connectorArgs(self) -> list[str]:
+        return [
+            "--relay-address",
+            f"127.0.0.1:{self.relay.port}",
+            "--relay-user",
+            "root" if os.geteuid() == 0 else os.environ.get("USER", "root"),
+            "--identity-file",
+            str(self.relay.userKey),
+            "--known-hosts",
+            str(self.relay.knownHosts()),
+        ]
+
+    def startConnector(self, *extra: str, env: dict[str, str] | None = None) -> Connector:
+        connector = Connector(self.dir / "connector", [*self.connectorArgs(), *extra], env).start()
+        self.addCleanup(connector.stop)
+        return connector
+
+    def target(self, handler, host: str = "127.0.0.1") -> Target:  # type: ignore[no-untyped-def]
+        target = Target(handler, host)
+        self.addCleanup(target.close)
+        return target
+
+    def curl(self, proxyPort: int, url: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["curl", "-sS", "--max-time", "10", "--socks5-hostname", f"127.0.0.1:{proxyPort}", *flags, url],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )

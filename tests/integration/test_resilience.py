@@ -11,12 +11,7 @@ import socket
 import threading
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from incident_connector.tunnel.service import Backoff
-
-from .harness import Target, echo, http200, recvAll, recvExactly, socks5Connect, waitFor
-from .test_e2e import MiB, TunnelTestCase
+from .harness import MiB, Target, TunnelTestCase, echo, http200, recvAll, recvExactly, socks5Connect, waitFor
 
 FAST = ["--reconnect-initial-delay", "0.1", "--reconnect-max-delay", "0.5"]
 
@@ -270,23 +265,3 @@ class LimitTests(TunnelTestCase):
         self.assertLess(grown, 16 * MiB, f"RSS grew by {grown / MiB:.1f} MiB")
         # And the stream still works: the next bytes are the right ones.
         self.assertEqual(recvExactly(sock, MiB), chunk)
-
-
-class BackoffTests(SynchronousTestCase):
-    def test_doublesToCap(self) -> None:
-        backoff = Backoff(1.0, 30.0, jitter=lambda: 0.0)
-        self.assertEqual([backoff(n) for n in range(1, 8)], [1, 2, 4, 8, 16, 30, 30])
-
-    def test_flappingConnectionsKeepBackingOff(self) -> None:
-        """
-        Connections that drop at once keep the delays growing although
-        ClientService restarts its count at every connection.
-        """
-        backoff = Backoff(1.0, 30.0, stableAfter=30, jitter=lambda: 0.0)
-        delays = []
-        for _ in range(4):
-            backoff.connectionEnded(uptime=2)
-            delays.append(backoff(1))
-        self.assertEqual(delays, [1, 2, 4, 8])
-        backoff.connectionEnded(uptime=60)
-        self.assertEqual(backoff(1), 1)
