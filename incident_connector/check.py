@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO, cast
 
-from twisted.conch.ssh.channel import SSHChannel
 from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.python.failure import Failure
@@ -23,13 +22,18 @@ from .credentials import TokenCredentials
 from .metrics import ConnectorMetrics
 from .options import Options, fail
 from .service import makeCredentials, relayEndpoint, relayFactory
-from .tunnel.transport import RelayTransport, TunnelError
+from .tunnel.channel import ForwardedChannel
+from .tunnel.errors import TunnelError
+from .tunnel.interfaces import IStreamProtocol
+from .tunnel.transport import RelayTransport
 
 __all__ = ["main"]
 
-# The SSH steps, in order; a TunnelError's reason names the one that failed.
-_STEPS = ["host key verified", "authenticated", "forward granted"]
-_FAILED_STEP = {"host_key": 0, "auth": 1, "forward_refused": 2}
+# The SSH steps, in order; a TunnelError's reason names the one that failed,
+# or else how far the connection got.
+_STEPS = ["key exchange", "host key verified", "authenticated", "forward granted"]
+_FAILED_STEP = {"negotiation": 0, "host_key": 1, "auth": 2, "forward_refused": 3}
+_PHASE_STEP = {"first key exchange": 0, "waiting for the ssh-userauth service": 2, "user authentication": 2}
 
 
 class Report:
@@ -52,7 +56,7 @@ class Report:
         self.out.write(f"skip  {step}: {why}\n")
 
 
-def _noStreams(windowSize: int, maxPacket: int, data: bytes) -> SSHChannel:
+def _noStreams(channel: ForwardedChannel) -> IStreamProtocol:
     raise AssertionError("check refuses every stream (max streams 0)")
 
 
@@ -82,17 +86,25 @@ async def _relaySteps(reactor: Any, options: Options, report: Report) -> None:
         return
     report.ok(f"relay {relay} reachable (TCP)")
     transport = cast(RelayTransport, connected)
-    timeout = reactor.callLater(options["connect-timeout"] * 3, transport.fail, TunnelError("timed out", "timeout"))
+    timeout = reactor.callLater(
+        options["setup-timeout"], transport.fail, TunnelError(f"timed out ({transport.phase})", "setup_timeout")
+    )
     try:
         port = await transport.ready
     except TunnelError as e:
-        failedAt = _FAILED_STEP.get(e.reason, 0)
+        failedAt = _FAILED_STEP.get(e.reason, _PHASE_STEP.get(transport.phase, 3))
         for step in _STEPS[:failedAt]:
             report.ok(step)
         report.fail(_STEPS[failedAt], str(e))
         for step in _STEPS[failedAt + 1 :]:
             report.skip(step, "an earlier step failed")
     else:
+        negotiated = transport.negotiated
+        assert negotiated is not None
+        algorithms = [negotiated.kex, negotiated.hostKey, negotiated.cipherOut]
+        if negotiated.macOut is not None:
+            algorithms.append(negotiated.macOut)
+        report.ok(f"key exchange ({', '.join(a.decode() for a in algorithms)})")
         report.ok(f"host key verified ({transport.hostKeyFingerprint})")
         report.ok(f"authenticated as {credentials.user}")
         report.ok(f"forward granted (relay port {port})")
@@ -101,8 +113,7 @@ async def _relaySteps(reactor: Any, options: Options, report: Report) -> None:
     finally:
         if timeout.active():
             timeout.cancel()
-        if transport.transport is not None:
-            transport.transport.loseConnection()
+        transport.loseConnection()
 
 
 async def _destinationSteps(reactor: Any, options: Options, report: Report) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import IO
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
@@ -17,7 +18,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-__all__ = ["makeObserver"]
+__all__ = ["Throttle", "makeObserver"]
 
 
 def makeObserver(format: str, level: str, stream: IO[str]) -> ILogObserver:
@@ -36,3 +37,33 @@ def makeObserver(format: str, level: str, stream: IO[str]) -> ILogObserver:
         # Agent's connection pool announces every HTTP connection it opens.
         predicate.setLogLevelForNamespace("twisted.web.client._HTTP11ClientFactory", LogLevel.warn)
     return FilteringLogObserver(inner, [predicate])
+
+
+class Throttle:
+    """
+    Decides whether a repeated line may be logged now: at most once per
+    C{interval} seconds per key, so that what an outsider repeats cannot
+    flood the log.
+
+    @ivar clock: tells the time.
+    @ivar interval: seconds between two lines of one key.
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def __call__(self, key: str) -> int | None:
+        """
+        L{None} if a line of C{key} was logged less than C{interval} ago
+        (this one is counted instead); else how many were not logged since.
+        """
+        now = self.clock.seconds()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)

@@ -24,6 +24,7 @@ from prometheus_client import (
 import twisted
 
 from . import __version__
+from .results import StreamResult
 
 __all__ = ["ConnectorMetrics"]
 
@@ -70,8 +71,7 @@ class ConnectorMetrics:
         self.streamsActive = Gauge(prefix + "streams_active", "Streams open now.", registry=registry)
         self.streams = Counter(
             prefix + "streams",
-            "Streams ended, by result (ok, denied, refused, unreachable, dns_error, "
-            "timeout, bad_request, limit, draining).",
+            "Streams ended, by result (" + ", ".join(result.value for result in StreamResult) + ").",
             ["result"],
             registry=registry,
         )
@@ -93,9 +93,27 @@ class ConnectorMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.relayRefusals = Counter(
+            prefix + "relay_refusals",
+            "What the relay asked for and the connector refused, by kind (global_request, channel_type, "
+            "channel_request, limit, draining).",
+            ["kind"],
+            registry=registry,
+        )
         # Pre-create label sets so a scrape shows zeros instead of nothing.
         for direction in ("up", "down"):
             self.bytes.labels(direction=direction)
+
+    def trackDestinationBuffers(self, total: Callable[[], float]) -> None:
+        """
+        Export the bytes buffered towards destinations, over every stream.
+        """
+        gauge = Gauge(
+            "incident_connector_destination_buffered_bytes",
+            "Bytes received from the relay and not yet written to destinations, over every stream.",
+            registry=self.registry,
+        )
+        gauge.set_function(total)
 
     def trackCertificate(self, secondsToExpiry: Callable[[], float]) -> None:
         """

@@ -75,6 +75,19 @@ def _positiveInt(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    """
+    A byte count with an optional K, M or G suffix (powers of 1024), as
+    OpenSSH's RekeyLimit takes it; C{default} is 0.
+    """
+    if text == "default":
+        return 0
+    match = re.fullmatch(r"(\d+)([KMG]?)", text.strip(), re.IGNORECASE)
+    if not match:
+        raise ValueError("expected a size such as 512M or 1G, or default")
+    return int(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ")
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def check(text: str) -> str:
         if text not in choices:
@@ -107,7 +120,28 @@ OPTIONS: list[tuple[str, Any, Callable[[str], Any] | None, str]] = [
     ("grace-period", 30.0, _positiveFloat, "Seconds open streams may finish after SIGTERM."),
     ("max-streams", 1024, _positiveInt, "Concurrent streams; more are refused."),
     ("stream-idle-timeout", 0.0, _positiveFloat, "Close a stream idle this many seconds (0: never)."),
-    ("connect-timeout", 10.0, _positiveFloat, "Seconds to wait for a destination to accept."),
+    (
+        "half-close-timeout",
+        300.0,
+        _positiveFloat,
+        "Close a stream this many seconds after either side's EOF if no byte moves (0: never).",
+    ),
+    (
+        "rekey-limit",
+        "default",
+        _size,
+        "Re-key the relay connection after this many bytes either way, e.g. 1G "
+        "(default: OpenSSH's, 1G for chacha20-poly1305, 64G for AES).",
+    ),
+    ("rekey-interval", 0.0, _positiveFloat, "Re-key the relay connection after this many seconds (0: never)."),
+    ("connect-timeout", 10.0, _positiveFloat, "Seconds to wait for a destination (or the relay) to accept."),
+    (
+        "setup-timeout",
+        None,
+        _positiveFloat,
+        "Seconds from dialling the relay to the forward granted before the attempt is abandoned "
+        "(default: 3 x --connect-timeout).",
+    ),
     ("handshake-timeout", 10.0, _positiveFloat, "Seconds a SOCKS handshake may take."),
     ("reconnect-initial-delay", 1.0, _positiveFloat, "First reconnect delay, in seconds."),
     ("reconnect-max-delay", 30.0, _positiveFloat, "Longest reconnect delay, in seconds."),
@@ -164,7 +198,7 @@ class Options(usage.Options):
                 value = self.environ[envName(name)]
                 source = envName(name)
             if value is None:
-                self[name] = default
+                self[name] = convert(default) if isinstance(default, str) and convert is not None else default
                 continue
             if convert is not None:
                 try:
@@ -205,6 +239,8 @@ class Options(usage.Options):
             )
         except ValueError as e:
             raise ConfigurationError(f"--proxy (or HTTPS_PROXY/ALL_PROXY): {e}") from None
+        if self["setup-timeout"] is None:
+            self["setup-timeout"] = 3 * self["connect-timeout"]
         self.apiToken = self._readToken()
         self.usesToken = self["identity-file"] is None and self.apiToken is not None
         if self.usesToken:

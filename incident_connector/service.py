@@ -18,24 +18,33 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
+from . import _twisted
 from .api import CertificateAPI
+from .budget import Budget
 from .credentials import Credentials, StaticCredentials, TokenCredentials
 from .logs import makeObserver
 from .metrics import ConnectorMetrics
+from .opening import OpeningSettings
 from .options import Options, fail
 from .proxy import HTTPConnectEndpoint
-from .stream import ForwardedStream, StreamSettings
+from .splice import SpliceSettings
+from .stream import ForwardedStream, StreamSettings, logStream, meterStream
 from .tunnel.auth import RelayUserAuth, loadIdentity
 from .tunnel.certificates import CertificateError, UserCertificate
+from .tunnel.channel import ForwardedChannel
 from .tunnel.connection import RelayConnection, StreamFactory
 from .tunnel.hostkeys import HostKeyPolicy
 from .tunnel.service import Backoff, RelayService
-from .tunnel.transport import RelayTransport, RelayTransportFactory
+from .tunnel.transport import RekeyPolicy, RelayTransport, RelayTransportFactory
 from .web import makeSite
 
 __all__ = ["ConnectorService", "buildService"]
 
 _log = Logger()
+
+#: Bytes buffered towards destinations, over every stream, past which relay
+#: connections stop giving channels more window.
+DESTINATION_BUFFER_CAP = 64 * 1024 * 1024
 
 
 class ConnectorService(service.MultiService):
@@ -89,17 +98,23 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     credentials = makeCredentials(options, reactor)
     if isinstance(credentials, TokenCredentials):
         metrics.trackCertificate(credentials.secondsToExpiry)
+    budget = Budget(DESTINATION_BUFFER_CAP, reactor)
+    metrics.trackDestinationBuffers(lambda: budget.total)
     settings = StreamSettings(
-        reactor=reactor,
-        allowlist=options.allowlist,
-        metrics=metrics,
-        connectTimeout=options["connect-timeout"],
-        handshakeTimeout=options["handshake-timeout"],
-        idleTimeout=options["stream-idle-timeout"],
+        OpeningSettings(
+            reactor=reactor,
+            allowlist=lambda: options.allowlist,
+            metrics=metrics,
+            connectTimeout=options["connect-timeout"],
+            handshakeTimeout=options["handshake-timeout"],
+        ),
+        SpliceSettings(reactor, options["stream-idle-timeout"], options["half-close-timeout"], budget),
+        metrics,
+        [logStream, meterStream(metrics)],
     )
 
-    def makeStream(windowSize: int, maxPacket: int, data: bytes) -> ForwardedStream:
-        return ForwardedStream(settings, remoteWindow=windowSize, remoteMaxPacket=maxPacket)
+    def makeStream(channel: ForwardedChannel) -> ForwardedStream:
+        return ForwardedStream(settings)
 
     observer = makeObserver(options["log-format"], options["log-level"], sys.stdout)
     top = ConnectorService(options, metrics, observer)
@@ -108,13 +123,22 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
         relay = RelayService(
             reactor,
             relayEndpoint(options, reactor),
-            relayFactory(options, reactor, metrics, makeStream, label=str(index) if options["connections"] > 1 else ""),
+            relayFactory(
+                options,
+                reactor,
+                metrics,
+                makeStream,
+                budget=budget,
+                label=str(index) if options["connections"] > 1 else "",
+            ),
             credentials,
             metrics,
             options["relay-address"],
             options["grace-period"],
             Backoff(options["reconnect-initial-delay"], options["reconnect-max-delay"]),
             index=index,
+            count=options["connections"],
+            setupTimeout=options["setup-timeout"],
         )
         top.relays.append(relay)
         relay.setServiceParent(top)
@@ -172,6 +196,7 @@ def relayFactory(
     reactor: Any,
     metrics: ConnectorMetrics,
     makeStream: StreamFactory,
+    budget: Budget | None = None,
     maxStreams: int | None = None,
     keepaliveInterval: float | None = None,
     label: str = "",
@@ -190,11 +215,13 @@ def relayFactory(
             keepaliveInterval=options["keepalive-interval"] if keepaliveInterval is None else keepaliveInterval,
             keepaliveCount=options["keepalive-count"],
             label=label,
+            budget=budget,
         )
         credentials = transport.factory.credentials
         return RelayUserAuth(credentials.user.encode("utf-8"), connection, credentials.key, credentials.certificate)
 
-    return RelayTransportFactory(makeUserAuth)
+    rekey = RekeyPolicy(options["rekey-limit"], options["rekey-interval"])
+    return RelayTransportFactory(reactor, makeUserAuth, rekey)
 
 
 def relayEndpoint(options: Options, reactor: Any) -> IStreamClientEndpoint:
@@ -214,7 +241,7 @@ def _cleanExit(reactor: Any) -> None:
     the signal that stopped the reactor, so the process would die "of
     SIGTERM"; after a finished drain the exit is clean and the status is 0.
     """
-    reactor._exitSignal = None
+    _twisted.clearExitSignal(reactor)
 
 
 def _exitOnSecondSignal() -> None:

@@ -46,7 +46,7 @@ class RelayUserAuth(userauth.SSHUserAuthClient):
     """
 
     preferredOrder = [b"publickey"]
-    transport: RelayTransport
+    transport: RelayTransport  # type: ignore[assignment]
 
     def __init__(
         self, user: bytes, instance: SSHService, key: keys.Key, certificate: UserCertificate | None = None

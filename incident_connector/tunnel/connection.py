@@ -1,66 +1,104 @@
-# -*- test-case-name: tests.test_tunnel -*-
+# -*- test-case-name: tests.unit.test_connection -*-
 """
-The C{ssh-connection} service on the relay connection: asks for the remote
-forward, hands each C{forwarded-tcpip} channel to a stream, keeps the
-connection provably alive, and drains it on shutdown.
+The C{ssh-connection} service on the relay connection (RFC 4254), as a
+client that only ever receives channels: it asks for the remote forward,
+turns each C{forwarded-tcpip} channel into a stream, keeps the connection
+provably alive, schedules what streams send, and drains on shutdown.
+
+Sending: control messages (window adjustments, open confirmations, EOF,
+close, keepalives, request replies) go out at once; channel data waits in
+its channel, unsealed, until the relay connection's user-space buffer is
+nearly empty, and then goes out one packet per channel in turn, channels
+that have sent little (handshakes, interactive streams) first.  So a
+keepalive or a new stream's reply never waits behind a bulk transfer.
+
+Everything the relay sends is checked: a malformed or unexpected message
+raises L{ProtocolError}, which ends the connection with one log line.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, cast
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from twisted.conch.error import ConchError
-from twisted.conch.ssh import common, connection, forwarding
-from twisted.conch.ssh.channel import SSHChannel
-from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
-from twisted.internet import defer, task
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime, ITCPTransport
+from twisted.conch.ssh.service import SSHService
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
+from ..budget import Budget
+from ..logs import Throttle
 from ..metrics import ConnectorMetrics
-from .transport import TunnelError
+from .channel import LIGHT, LOCAL_MAX_PACKET, LOCAL_WINDOW, ForwardedChannel
+from .errors import ProtocolError, TunnelError
+from .interfaces import IStreamProtocol
+from .wire import Reader, escape, string, uint32
 
 if TYPE_CHECKING:
-    from ..stream import ForwardedStream
     from .transport import RelayTransport
 
-__all__ = ["RelayConnection"]
+__all__ = ["BIND_HOST", "RelayConnection", "StreamFactory"]
 
 #: The bind address we ask the relay to listen on; never empty (that means every interface).
 BIND_HOST = b"localhost"
 
-StreamFactory = Callable[[int, int, bytes], SSHChannel]
+MSG_GLOBAL_REQUEST = 80
+MSG_REQUEST_SUCCESS = 81
+MSG_REQUEST_FAILURE = 82
+MSG_CHANNEL_OPEN = 90
+MSG_CHANNEL_OPEN_CONFIRMATION = 91
+MSG_CHANNEL_OPEN_FAILURE = 92
+MSG_CHANNEL_WINDOW_ADJUST = 93
+MSG_CHANNEL_DATA = 94
+MSG_CHANNEL_EXTENDED_DATA = 95
+MSG_CHANNEL_EOF = 96
+MSG_CHANNEL_CLOSE = 97
+MSG_CHANNEL_REQUEST = 98
+MSG_CHANNEL_SUCCESS = 99
+MSG_CHANNEL_FAILURE = 100
+
+OPEN_ADMINISTRATIVELY_PROHIBITED = 1
+OPEN_UNKNOWN_CHANNEL_TYPE = 3
+OPEN_RESOURCE_SHORTAGE = 4
+
+#: Bytes queued in all channels together past which every stream stops
+#: reading its destination (memory stays bounded whatever the streams do).
+CONGESTION = 8 * 1024 * 1024
+#: Channel data sealed per write to the relay at most.
+BATCH = 256 * 1024
+#: Global requests we may have outstanding (keepalives, the forward).
+MAX_PENDING_REQUESTS = 64
+
+#: Given the new channel, returns the stream to run on it.
+StreamFactory = Callable[[ForwardedChannel], IStreamProtocol]
 
 
-@implementer(IPushProducer)
-class RelayConnection(connection.SSHConnection):
+class RelayConnection(SSHService):
     """
-    The multiplexer over one authenticated relay connection; also the
-    producer feeding the relay's TCP connection, so that streams stop reading
-    from their destinations while it cannot send (memory stays bounded by
-    the send buffer, not by every stream's window).
+    The multiplexer over one authenticated relay connection.
 
-    @ivar makeStream: builds the channel for one forwarded stream from the
-        peer's window size, max packet size and open data.
+    @ivar makeStream: builds the stream for a new channel.
     @ivar clock: schedules keepalives and the drain deadline.
     @ivar maxStreams: channels open at once past which new ones are refused.
-    @ivar keepaliveInterval: seconds between keepalives; 0 disables them.
-    @ivar keepaliveCount: unanswered keepalives in a row that end the connection.
+    @ivar keepaliveInterval: seconds of silence from the relay after which a
+        keepalive is sent; 0 disables them.
+    @ivar keepaliveCount: keepalive intervals of silence that end the
+        connection after the first one.
     @ivar label: names this connection in logs when there are several.
     @ivar allocatedPort: the port the relay listens on for us, once granted.
     @ivar draining: no new stream is accepted (shutdown in progress).
-    @ivar sendBufferFull: the relay connection buffers more than it should:
-        streams do not read from their destinations.
-    @ivar gathered: while the transport works through one read, the channel
-        data each stream got, to write to its destination once at the end
-        (one system call per stream per read, not one per packet).
+    @ivar channels: open channels by our channel number.
+    @ivar gathered: channels holding data from the read in progress.
+    @ivar congested: too much is queued for the relay: streams stop reading.
+    @ivar windowsHeld: too much is buffered towards destinations: no
+        channel gets more window.
     """
 
-    transport: RelayTransport
+    name = b"ssh-connection"
+    transport: RelayTransport  # type: ignore[assignment]
     log = Logger()
 
     def __init__(
@@ -72,11 +110,10 @@ class RelayConnection(connection.SSHConnection):
         keepaliveInterval: float = 15.0,
         keepaliveCount: int = 3,
         label: str = "",
+        budget: Budget | None = None,
     ) -> None:
-        super().__init__()
-        # Conch narrates every channel at info through _log: file that under its own namespace.
-        self._log = Logger(namespace="twisted.conch.ssh.connection", source=self)
         self.makeStream = makeStream
+        self.budget = budget
         self.clock = clock
         self.metrics = metrics
         self.maxStreams = maxStreams
@@ -85,77 +122,141 @@ class RelayConnection(connection.SSHConnection):
         self.label = label
         self.allocatedPort: int | None = None
         self.draining = False
-        self.sendBufferFull = False
-        self.gathered: dict[ForwardedStream, list[bytes]] | None = None
-        self._missedKeepalives = 0
-        self._keepalive: task.LoopingCall | None = None
+        self.channels: dict[int, ForwardedChannel] = {}
+        self.gathered: list[ForwardedChannel] = []
+        self.congested = False
+        self.windowsHeld = False
+        self._gathering = False
+        self._queuedTotal = 0
+        self._nextId = 0
+        self._light: deque[ForwardedChannel] = deque()
+        self._bulk: deque[ForwardedChannel] = deque()
+        self._scheduled: set[ForwardedChannel] = set()
+        self._producing = False
+        self._requests: deque[tuple[bytes, defer.Deferred[bytes]]] = deque()
+        self._liveness: Any = None
+        self._keepaliveSent: float | None = None
         self._drained: defer.Deferred[None] | None = None
+        self._stopped = False
+        self._throttle = Throttle(clock, 60.0)
+
+    def logPrefix(self) -> str:
+        return f"relay connection {self.label}" if self.label else "relay connection"
+
+    # Service life.
 
     def serviceStarted(self) -> None:
-        super().serviceStarted()
-        self.transport.connection = self
-        consumer = self.transport.transport
-        if IConsumer.providedBy(consumer):
-            cast(IConsumer, consumer).registerProducer(self, True)
-        request = self.sendGlobalRequest(
-            b"tcpip-forward", forwarding.packGlobal_tcpip_forward((BIND_HOST, 0)), wantReply=True
-        )
+        if self.budget is not None:
+            self.budget.subscribe(self.holdWindows)
+            self.windowsHeld = self.budget.exceeded
+        request = self.sendGlobalRequest(b"tcpip-forward", string(BIND_HOST) + uint32(0))
         request.addCallbacks(self._forwardGranted, self._forwardRefused)
         if self.keepaliveInterval > 0:
-            self._keepalive = task.LoopingCall(self._sendKeepalive)
-            self._keepalive.clock = self.clock
-            self._keepalive.start(self.keepaliveInterval, now=False)
+            self._liveness = self.clock.callLater(self.keepaliveInterval, self._checkLiveness)
 
     def serviceStopped(self) -> None:
-        if self._keepalive is not None and self._keepalive.running:
-            self._keepalive.stop()
-        super().serviceStopped()
+        self._stopped = True
+        if self.budget is not None:
+            self.budget.unsubscribe(self.holdWindows)
+        if self._liveness is not None and self._liveness.active():
+            self._liveness.cancel()
+        lost = Failure(error.ConnectionLost("the relay connection ended"))
+        for channel in list(self.channels.values()):
+            channel.connectionLost(lost)
+        self.channels.clear()
+        requests, self._requests = self._requests, deque()
+        for _name, waiting in requests:
+            waiting.errback(TunnelError("the relay connection ended", "lost"))
         self._fireDrained()
 
-    # IPushProducer, for the relay's TCP connection.
+    # Liveness: any traffic from the relay counts.
 
-    def pauseProducing(self) -> None:
-        self.sendBufferFull = True
-        self._updateReading()
-
-    def resumeProducing(self) -> None:
-        self.sendBufferFull = False
-        self._updateReading()
-
-    def stopProducing(self) -> None:
-        pass
-
-    def startGathering(self) -> None:
+    @property
+    def quietFor(self) -> float:
         """
-        The transport starts on one read: gather channel data until L{deliverGathered}.
+        Seconds since the relay last sent anything.
         """
-        self.gathered = {}
+        return self.clock.seconds() - self.transport.lastReceived
 
-    def deliverGathered(self) -> None:
-        pending = self.gathered
-        self.gathered = None
-        if pending:
-            for stream, pieces in pending.items():
-                stream.deliver(pieces)
+    @property
+    def responsive(self) -> bool:
+        """
+        The relay was heard from within two keepalive intervals (always true
+        with keepalives off: nothing else would tell).
+        """
+        return self.keepaliveInterval <= 0 or self.quietFor < 2 * self.keepaliveInterval
 
-    def _updateReading(self) -> None:
-        for channel in list(self.channels.values()):
-            update = getattr(channel, "updateReading", None)
-            if update is not None:
-                update()
+    def _checkLiveness(self) -> None:
+        interval = self.keepaliveInterval
+        quiet = self.quietFor
+        if quiet >= interval * (self.keepaliveCount + 1):
+            self.log.warn(
+                "relay{on} did not answer {count} keepalives (silent for {seconds:.0f} s): dropping the connection",
+                on=self._on(),
+                count=self.keepaliveCount,
+                seconds=quiet,
+            )
+            self.transport.fail(TunnelError("relay stopped answering keepalives", "keepalive_timeout"))
+            # A frozen relay never reads our DISCONNECT: don't wait for it.
+            self.transport.abortConnection()
+            return
+        if quiet >= interval:
+            self._sendKeepalive()
+            delay = interval
+        else:
+            delay = interval - quiet
+        self._liveness = self.clock.callLater(delay, self._checkLiveness)
+
+    def _sendKeepalive(self) -> None:
+        sent = self.clock.seconds()
+
+        def answered(_: object) -> None:
+            # Success or REQUEST_FAILURE alike prove the relay is alive.
+            self.metrics.keepaliveSeconds.observe(self.clock.seconds() - sent)
+
+        request = self.sendGlobalRequest(b"keepalive@openssh.com", b"")
+        request.addCallbacks(answered, answered)
+
+    # Global requests.
+
+    def sendGlobalRequest(self, name: bytes, data: bytes) -> defer.Deferred[bytes]:
+        """
+        Ask the relay; fires with the reply's data on success, fails with
+        L{TunnelError} on failure.  Replies come in the order asked.
+        """
+        waiting: defer.Deferred[bytes] = defer.Deferred()
+        if len(self._requests) >= MAX_PENDING_REQUESTS:
+            waiting.errback(TunnelError("too many requests unanswered", "keepalive_timeout"))
+            return waiting
+        self._requests.append((name, waiting))
+        self.transport.sendPacket(MSG_GLOBAL_REQUEST, string(name) + b"\x01" + data)
+        return waiting
+
+    def _reply(self, success: bool, message: bytes) -> None:
+        if not self._requests:
+            raise ProtocolError(f"the relay sent {'REQUEST_SUCCESS' if success else 'REQUEST_FAILURE'} unasked")
+        name, waiting = self._requests.popleft()
+        if success:
+            waiting.callback(message)
+        else:
+            waiting.errback(TunnelError(f"the relay refused {name.decode()}", "forward_refused"))
 
     def _forwardGranted(self, data: bytes) -> None:
+        if len(data) < 4:
+            self.transport.fail(
+                TunnelError(
+                    "the relay granted the remote forward but did not say which port it listens on", "forward_refused"
+                )
+            )
+            self.transport.loseConnection()
+            return
         (port,) = struct.unpack(">L", data[:4])
         self.allocatedPort = port
-        self.log.info(
-            "Allocated port {port} for remote forward to socks{on}",
-            port=port,
-            on=f" (connection {self.label})" if self.label else "",
-        )
+        self.log.info("Allocated port {port} for remote forward to socks{on}", port=port, on=self._on())
         self.transport.forwardGranted(port)
 
     def _forwardRefused(self, reason: Failure) -> None:
-        if self.transport.ready.called:
+        if self._stopped or self.transport.ready.called:
             return
         self.transport.fail(
             TunnelError(
@@ -166,118 +267,300 @@ class RelayConnection(connection.SSHConnection):
         )
         self.transport.loseConnection()
 
-    def _sendKeepalive(self) -> None:
-        if self._missedKeepalives >= self.keepaliveCount:
-            self.log.warn(
-                "relay did not answer {count} keepalives in {seconds:.0f} s: dropping the connection",
-                count=self._missedKeepalives,
-                seconds=self._missedKeepalives * self.keepaliveInterval,
-            )
-            if self._keepalive is not None and self._keepalive.running:
-                self._keepalive.stop()
-            self.transport.fail(TunnelError("relay stopped answering keepalives", "keepalive_timeout"))
-            # A frozen peer never drains our send buffer: don't wait for it.
-            cast(ITCPTransport, self.transport.transport).abortConnection()
+    # Messages from the relay.
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        handler = self._handlers.get(messageNum)
+        if handler is None:
+            self.transport.sendUnimplemented()
             return
-        self._missedKeepalives += 1
-        sent = self.clock.seconds()
+        handler(self, packet)
 
-        def answered(_: object) -> None:
-            # Success or REQUEST_FAILURE alike prove the relay is alive.
-            self._missedKeepalives = 0
-            self.metrics.keepaliveSeconds.observe(self.clock.seconds() - sent)
+    def ssh_GLOBAL_REQUEST(self, packet: bytes) -> None:
+        reader = Reader(packet, "GLOBAL_REQUEST")
+        name = reader.string()
+        wantReply = reader.boolean()
+        # We serve no global request (OpenSSH's client refuses them too, and
+        # takes hostkeys-00@openssh.com without a reply).
+        self.metrics.relayRefusals.labels(kind="global_request").inc()
+        if name != b"hostkeys-00@openssh.com":
+            self._note("global_request", "refused global request {name} from the relay", name=escape(name, 60))
+        if wantReply:
+            self.transport.sendPacket(MSG_REQUEST_FAILURE, b"")
 
-        def stopped(reason: Failure) -> None:
-            reason.trap(ConchError)
-            if cast(ConchError, reason.value).value != "Connection stopped.":
-                answered(None)
+    def ssh_REQUEST_SUCCESS(self, packet: bytes) -> None:
+        self._reply(True, packet)
 
-        request = self.sendGlobalRequest(b"keepalive@openssh.com", b"", wantReply=True)
-        request.addCallbacks(answered, stopped)
+    def ssh_REQUEST_FAILURE(self, packet: bytes) -> None:
+        self._reply(False, packet)
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
-        """
-        Refuse a stream the connector cannot take without Conch's traceback
-        (it logs every refusal raised from C{getChannel} as a failure).
-        """
-        refusal = self._refusal()
-        if refusal is None:
-            return super().ssh_CHANNEL_OPEN(packet)
-        code, text, result = refusal
-        _channelType, rest = common.getNS(packet)
-        (senderChannel,) = struct.unpack(">L", rest[:4])
-        self.metrics.streams.labels(result=result).inc()
-        self.log.warn("refused a stream: {text}", text=text)
-        self.transport.sendPacket(
-            connection.MSG_CHANNEL_OPEN_FAILURE,
-            struct.pack(">2L", senderChannel, code) + common.NS(text.encode()) + common.NS(b""),
-        )
-
-    def _refusal(self) -> tuple[int, str, str] | None:
-        if self.draining:
-            return connection.OPEN_ADMINISTRATIVELY_PROHIBITED, "connector is shutting down", "draining"
-        if len(self.channels) >= self.maxStreams:
-            return (
-                connection.OPEN_RESOURCE_SHORTAGE,
-                f"{len(self.channels)} streams open, the --max-streams limit",
-                "limit",
+        reader = Reader(packet, "CHANNEL_OPEN")
+        channelType = reader.string()
+        senderId = reader.uint32()
+        window = reader.uint32()
+        maxPacket = reader.uint32()
+        if channelType != b"forwarded-tcpip":
+            self._refuseOpen(
+                senderId, OPEN_UNKNOWN_CHANNEL_TYPE, "unknown channel type", "channel_type", escape(channelType, 60)
             )
+            return
+        connectedHost = reader.string()
+        connectedPort = reader.uint32()
+        originHost = reader.string()
+        originPort = reader.uint32()
+        if maxPacket == 0:
+            raise ProtocolError("the relay opened a channel with a maximum packet size of 0")
+        refusal = self._refusal()
+        if refusal is not None:
+            self._refuseOpen(senderId, *refusal)
+            return
+        localId = self._allocateId()
+        channel = ForwardedChannel(
+            self,
+            localId,
+            senderId,
+            window,
+            maxPacket,
+            (escape(originHost, 100), originPort),
+            (escape(connectedHost, 100), connectedPort),
+        )
+        self.channels[localId] = channel
+        self.transport.sendPacket(
+            MSG_CHANNEL_OPEN_CONFIRMATION,
+            uint32(senderId) + uint32(localId) + uint32(LOCAL_WINDOW) + uint32(LOCAL_MAX_PACKET),
+        )
+        stream = self.makeStream(channel)
+        channel.protocol = stream
+        stream.makeConnection(channel)  # type: ignore[arg-type]
+
+    def _refusal(self) -> tuple[int, str, str, str] | None:
+        if self.draining:
+            return OPEN_ADMINISTRATIVELY_PROHIBITED, "connector is shutting down", "draining", ""
+        if len(self.channels) >= self.maxStreams:
+            return OPEN_RESOURCE_SHORTAGE, "the --max-streams limit is reached", "limit", str(len(self.channels))
         return None
 
-    def channel_forwarded_tcpip(self, windowSize: int, maxPacket: int, data: bytes) -> SSHChannel:
-        return self.makeStream(windowSize, maxPacket, data)
+    def _refuseOpen(self, senderId: int, code: int, text: str, kind: str, detail: str) -> None:
+        if kind in ("draining", "limit"):
+            self.metrics.streams.labels(result=kind).inc()
+        self.metrics.relayRefusals.labels(kind=kind).inc()
+        self._note(kind, "refused a stream: {text} ({detail})", text=text, detail=detail)
+        self.transport.sendPacket(
+            MSG_CHANNEL_OPEN_FAILURE, uint32(senderId) + uint32(code) + string(text.encode()) + string(b"")
+        )
+
+    def _channel(self, reader: Reader) -> ForwardedChannel:
+        localId = reader.uint32()
+        channel = self.channels.get(localId)
+        if channel is None:
+            raise ProtocolError(f"the relay sent {reader.what} for unknown channel {localId}")
+        return channel
+
+    def ssh_CHANNEL_OPEN_CONFIRMATION(self, packet: bytes) -> None:
+        raise ProtocolError("the relay confirmed a channel the connector never opened")
+
+    def ssh_CHANNEL_OPEN_FAILURE(self, packet: bytes) -> None:
+        raise ProtocolError("the relay refused a channel the connector never opened")
+
+    def ssh_CHANNEL_WINDOW_ADJUST(self, packet: bytes) -> None:
+        reader = Reader(packet, "CHANNEL_WINDOW_ADJUST")
+        channel = self._channel(reader)
+        amount = reader.uint32()
+        if channel.remoteWindow + amount > 0xFFFFFFFF:
+            raise ProtocolError(f"the relay's window adjustment overflows channel {channel.localId}")
+        channel.windowAdjusted(amount)
+
+    def channelDataReceived(self, localId: int, data: bytes) -> None:
+        """
+        C{SSH_MSG_CHANNEL_DATA}, parsed by the transport.
+        """
+        channel = self.channels.get(localId)
+        if channel is None:
+            raise ProtocolError(f"the relay sent data for unknown channel {localId}")
+        self._received(channel, len(data))
+        channel.dataReceived(data, self._gathering)
+
+    def _received(self, channel: ForwardedChannel, length: int) -> None:
+        if channel.eofSeen:
+            raise ProtocolError(f"the relay sent data after EOF on channel {channel.localId}")
+        if length > channel.localWindowLeft or length > LOCAL_MAX_PACKET:
+            raise ProtocolError(f"the relay sent more than the window allows on channel {channel.localId}")
+        channel.localWindowLeft -= length
+        channel.updateWindow()
 
     def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
-        localChannel, length = struct.unpack(">2L", packet[:8])
-        if len(packet) - 8 < length:
-            self.transport.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"channel data longer than its packet")
-            return
-        self.channelDataReceived(localChannel, packet[8 : 8 + length])
+        reader = Reader(packet, "CHANNEL_DATA")
+        channel = self._channel(reader)
+        data = reader.string()
+        self._received(channel, len(data))
+        channel.dataReceived(data, self._gathering)
 
-    def channelDataReceived(self, localChannel: int, data: bytes) -> None:
-        """
-        Conch's C{ssh_CHANNEL_DATA} once the transport has parsed the packet
-        (it calls this directly for AEAD packets, saving two copies).
-        """
-        channel = self.channels.get(localChannel)
-        if channel is None:
-            self.transport.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"data for an unknown channel")
-            return
-        length = len(data)
-        if length > channel.localWindowLeft or length > channel.localMaxPacket:
-            self._log.error("too much data")
-            self.sendClose(channel)
-            return
-        channel.localWindowLeft -= length
-        if channel.localWindowLeft < channel.localWindowSize // 2:
-            self.adjustWindow(channel, channel.localWindowSize - channel.localWindowLeft)
-        channel.dataReceived(data)
+    def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
+        # No extended data belongs on a forwarded TCP stream: it only uses window.
+        reader = Reader(packet, "CHANNEL_EXTENDED_DATA")
+        channel = self._channel(reader)
+        reader.uint32()
+        self._received(channel, len(reader.string()))
 
-    def sendData(self, channel: SSHChannel, data: bytes) -> None:
-        self.sendPackets(channel, [data])
+    def ssh_CHANNEL_EOF(self, packet: bytes) -> None:
+        self._channel(Reader(packet, "CHANNEL_EOF")).eofReceived()
 
-    def sendPackets(self, channel: SSHChannel, packets: Sequence[bytes | memoryview]) -> None:
-        """
-        Send channel data already cut to the relay's max packet size, in one write.
-        """
-        if channel.localClosed:
-            return
-        self.transport.sendChannelData(self.channelsToRemoteChannel[channel], packets)
+    def ssh_CHANNEL_CLOSE(self, packet: bytes) -> None:
+        channel = self._channel(Reader(packet, "CHANNEL_CLOSE"))
+        if channel.closeSeen:
+            raise ProtocolError(f"the relay closed channel {channel.localId} twice")
+        channel.closeReceived()
 
-    def adjustWindow(self, channel: SSHChannel, bytesToAdd: int) -> None:
-        """
-        Conch re-opens the window on every packet; hold it shut while the
-        stream's destination is not reading, so the relay stops sending and
-        memory per stream stays bounded by the window.
-        """
-        if getattr(channel, "windowHeld", False):
-            return
-        super().adjustWindow(channel, bytesToAdd)
+    def ssh_CHANNEL_REQUEST(self, packet: bytes) -> None:
+        reader = Reader(packet, "CHANNEL_REQUEST")
+        channel = self._channel(reader)
+        name = reader.string()
+        wantReply = reader.boolean()
+        if name != b"eow@openssh.com":
+            self.metrics.relayRefusals.labels(kind="channel_request").inc()
+            self._note("channel_request", "refused channel request {name} from the relay", name=escape(name, 60))
+        if wantReply:
+            self.transport.sendPacket(MSG_CHANNEL_FAILURE, uint32(channel.remoteId))
 
-    def channelClosed(self, channel: SSHChannel) -> None:
-        super().channelClosed(channel)
+    def ssh_CHANNEL_SUCCESS(self, packet: bytes) -> None:
+        raise ProtocolError("the relay answered a channel request the connector never made")
+
+    ssh_CHANNEL_FAILURE = ssh_CHANNEL_SUCCESS
+
+    _handlers: dict[int, Callable[[RelayConnection, bytes], None]] = {
+        MSG_GLOBAL_REQUEST: ssh_GLOBAL_REQUEST,
+        MSG_REQUEST_SUCCESS: ssh_REQUEST_SUCCESS,
+        MSG_REQUEST_FAILURE: ssh_REQUEST_FAILURE,
+        MSG_CHANNEL_OPEN: ssh_CHANNEL_OPEN,
+        MSG_CHANNEL_OPEN_CONFIRMATION: ssh_CHANNEL_OPEN_CONFIRMATION,
+        MSG_CHANNEL_OPEN_FAILURE: ssh_CHANNEL_OPEN_FAILURE,
+        MSG_CHANNEL_WINDOW_ADJUST: ssh_CHANNEL_WINDOW_ADJUST,
+        MSG_CHANNEL_DATA: ssh_CHANNEL_DATA,
+        MSG_CHANNEL_EXTENDED_DATA: ssh_CHANNEL_EXTENDED_DATA,
+        MSG_CHANNEL_EOF: ssh_CHANNEL_EOF,
+        MSG_CHANNEL_CLOSE: ssh_CHANNEL_CLOSE,
+        MSG_CHANNEL_REQUEST: ssh_CHANNEL_REQUEST,
+        MSG_CHANNEL_SUCCESS: ssh_CHANNEL_SUCCESS,
+        MSG_CHANNEL_FAILURE: ssh_CHANNEL_FAILURE,
+    }
+
+    # One read from the relay: data for a channel is delivered once at the end.
+
+    def readStarted(self) -> None:
+        self._gathering = True
+
+    def readFinished(self) -> None:
+        self._gathering = False
+        gathered, self.gathered = self.gathered, []
+        for channel in gathered:
+            channel.deliver()
+
+    # What channels ask of the connection.
+
+    def sendWindowAdjust(self, channel: ForwardedChannel, amount: int) -> None:
+        self.transport.sendPacket(MSG_CHANNEL_WINDOW_ADJUST, uint32(channel.remoteId) + uint32(amount))
+
+    def sendEOF(self, channel: ForwardedChannel) -> None:
+        self.transport.sendPacket(MSG_CHANNEL_EOF, uint32(channel.remoteId))
+
+    def sendClose(self, channel: ForwardedChannel) -> None:
+        self.transport.sendPacket(MSG_CHANNEL_CLOSE, uint32(channel.remoteId))
+
+    def channelEnded(self, channel: ForwardedChannel) -> None:
+        """
+        Both sides closed the channel: its number is free again.
+        """
+        if self.channels.get(channel.localId) is channel:
+            del self.channels[channel.localId]
+        self._scheduled.discard(channel)
         if self.draining and not self.channels:
             self._fireDrained()
+
+    def queued(self, channel: ForwardedChannel, amount: int) -> None:
+        """
+        C{amount} bytes joined (or, negative, left) C{channel}'s queue.
+        """
+        self._queuedTotal += amount
+        if amount > 0:
+            self.markSendable(channel)
+        congested = self._queuedTotal > CONGESTION if not self.congested else self._queuedTotal > CONGESTION // 2
+        if congested != self.congested:
+            self.congested = congested
+            for each in list(self.channels.values()):
+                each.congestionChanged()
+
+    def holdWindows(self, held: bool) -> None:
+        """
+        Hold every channel's window (too much is buffered towards
+        destinations), or let them open again.
+        """
+        if held == self.windowsHeld:
+            return
+        self.windowsHeld = held
+        if not held:
+            for channel in list(self.channels.values()):
+                channel.updateWindow()
+
+    # Scheduling what channels send.
+
+    def markSendable(self, channel: ForwardedChannel) -> None:
+        """
+        C{channel} has data and maybe window: serve it in its turn.
+        """
+        if channel in self._scheduled or not channel.sendable:
+            return
+        self._scheduled.add(channel)
+        (self._light if channel.sent < LIGHT else self._bulk).append(channel)
+        self._produce()
+
+    def sendBufferDrained(self) -> None:
+        """
+        The relay connection can take more (its buffer drained, or a key
+        exchange finished).
+        """
+        self._produce()
+
+    def _produce(self) -> None:
+        """
+        Seal channel data while the relay connection's buffer is nearly
+        empty: light channels first, then one packet per channel in turn.
+        """
+        if self._producing:
+            return
+        self._producing = True
+        transport = self.transport
+        try:
+            while transport.canSendData:
+                room = min(transport.sendRoom(), BATCH)
+                if room <= 0:
+                    return
+                batch: list[tuple[int, bytes | memoryview]] = []
+                touched: list[ForwardedChannel] = []
+                size = 0
+                while size < room and (self._light or self._bulk):
+                    queue = self._light if self._light else self._bulk
+                    channel = queue.popleft()
+                    if not channel.sendable:
+                        self._scheduled.discard(channel)
+                        continue
+                    piece = channel.takePacket()
+                    batch.append((channel.remoteId, piece))
+                    touched.append(channel)
+                    size += len(piece)
+                    if channel.sendable:
+                        (self._light if channel.sent < LIGHT else self._bulk).append(channel)
+                    else:
+                        self._scheduled.discard(channel)
+                if not batch:
+                    return
+                transport.sendChannelData(batch)
+                for channel in touched:
+                    channel.packetsSent()
+        finally:
+            self._producing = False
+
+    # Shutdown.
 
     def drain(self, gracePeriod: float) -> defer.Deferred[None]:
         """
@@ -285,18 +568,17 @@ class RelayConnection(connection.SSHConnection):
         stream ended or C{gracePeriod} seconds passed.
         """
         self.draining = True
-        if self.allocatedPort is not None:
-            cancel = self.sendGlobalRequest(
-                b"cancel-tcpip-forward",
-                forwarding.packGlobal_tcpip_forward((BIND_HOST, self.allocatedPort)),
-                wantReply=True,
-            )
+        if self.allocatedPort is not None and not self._stopped:
+            cancel = self.sendGlobalRequest(b"cancel-tcpip-forward", string(BIND_HOST) + uint32(self.allocatedPort))
             cancel.addErrback(lambda _: None)
         if self._drained is None:
             self._drained = defer.Deferred()
-            if self.channels:
+            if self.channels and not self._stopped:
                 self.log.info(
-                    "draining {count} open streams for up to {grace} s", count=len(self.channels), grace=gracePeriod
+                    "draining {count} open streams for up to {grace} s{on}",
+                    count=len(self.channels),
+                    grace=gracePeriod,
+                    on=self._on(),
                 )
                 deadline = self.clock.callLater(gracePeriod, self._fireDrained)
 
@@ -313,3 +595,25 @@ class RelayConnection(connection.SSHConnection):
     def _fireDrained(self) -> None:
         if self._drained is not None and not self._drained.called:
             self._drained.callback(None)
+
+    # Logs.
+
+    def _on(self) -> str:
+        return f" (connection {self.label})" if self.label else ""
+
+    def _note(self, key: str, format: str, **fields: Any) -> None:
+        """
+        Log a refusal at most once a minute per kind, with how many were not logged.
+        """
+        suppressed = self._throttle(key)
+        if suppressed is None:
+            return
+        more = f" ({suppressed} more since the last such line)" if suppressed else ""
+        self.log.warn(format + "{on}{more}", on=self._on(), more=more, **fields)
+
+    def _allocateId(self) -> int:
+        while self._nextId in self.channels:
+            self._nextId = (self._nextId + 1) & 0xFFFFFFFF
+        localId = self._nextId
+        self._nextId = (self._nextId + 1) & 0xFFFFFFFF
+        return localId

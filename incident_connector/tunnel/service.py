@@ -22,7 +22,8 @@ from ..api import CredentialsError
 from ..credentials import Credentials, CredentialsSource
 from ..metrics import ConnectorMetrics
 from .connection import RelayConnection
-from .transport import RelayTransport, RelayTransportFactory, TunnelError
+from .errors import TunnelError
+from .transport import RelayTransport, RelayTransportFactory
 
 __all__ = ["Backoff", "RelayService"]
 
@@ -69,8 +70,12 @@ class RelayService(service.Service):
 
     @ivar credentials: asked for credentials before every attempt.
     @ivar index: this connection's number, the C{connection} metric label.
+    @ivar count: how many relay connections the connector keeps (for log labels).
+    @ivar setupTimeout: seconds from dialling to the forward granted, after
+        which an attempt is abandoned.
     @ivar transport: the live L{RelayTransport} while the forward is granted.
     @ivar lastError: the most recent failure, one line, or L{None}.
+    @ivar attemptStarted: when the attempt under way started, or L{None}.
     """
 
     _log = Logger()
@@ -86,6 +91,8 @@ class RelayService(service.Service):
         gracePeriod: float = 30.0,
         backoff: Backoff | None = None,
         index: int = 0,
+        count: int = 1,
+        setupTimeout: float = 30.0,
     ) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
@@ -96,8 +103,11 @@ class RelayService(service.Service):
         self.gracePeriod = gracePeriod
         self.backoff = backoff or Backoff()
         self.index = index
+        self.count = count
+        self.setupTimeout = setupTimeout
         self.transport: RelayTransport | None = None
         self.lastError: str | None = None
+        self.attemptStarted: float | None = None
         self._client: ClientService | None = None
         self._label = str(index)
         # Set by the credentials source after a 401/404: slower than backoff.
@@ -119,6 +129,21 @@ class RelayService(service.Service):
     def streamsActive(self) -> int:
         return len(self.connection.channels) if self.connection is not None else 0
 
+    @property
+    def ready(self) -> bool:
+        """
+        The forward is granted and the relay was heard from recently.
+        """
+        connection = self.connection
+        return connection is not None and connection.allocatedPort is not None and connection.responsive
+
+    @property
+    def prefix(self) -> str:
+        """
+        Names this connection in log lines when there are several.
+        """
+        return f"relay {self.index + 1}/{self.count}: " if self.count > 1 else ""
+
     def startService(self) -> None:
         super().startService()
         self._client = ClientService(
@@ -136,11 +161,22 @@ class RelayService(service.Service):
             return defer.succeed(None)
         connection = self.connection
         drained = connection.drain(self.gracePeriod) if connection is not None else defer.succeed(None)
-        return drained.addCallback(lambda _: client.stopService())
+
+        def stop(_: None) -> defer.Deferred[None]:
+            # Close through the transport: it unregisters itself as the TCP
+            # connection's producer first, or the close would wait for it.
+            for proto in (self.transport, self._connecting):
+                if proto is not None:
+                    proto.loseConnection()
+            return client.stopService()
+
+        return drained.addCallback(stop)
 
     def _retryDelay(self, attempt: int) -> float:
         delay = max(self.backoff(attempt), self._leastDelay)
-        self._log.info("retrying relay {relay} in {delay:.1f} s", relay=self.relayName, delay=delay)
+        self._log.info(
+            "{prefix}retrying relay {relay} in {delay:.1f} s", prefix=self.prefix, relay=self.relayName, delay=delay
+        )
         return delay
 
     def attemptFailed(self, error: BaseException, reason: str) -> None:
@@ -149,7 +185,9 @@ class RelayService(service.Service):
         """
         self.lastError = str(error)
         self.metrics.connectionFailures.labels(connection=self._label, reason=reason).inc()
-        self._log.error("relay {relay}: {error}", relay=self.relayName, error=self.lastError)
+        self._log.error(
+            "{prefix}relay {relay}: {error}", prefix=self.prefix, relay=self.relayName, error=self.lastError
+        )
 
     def attempt(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
         """
@@ -168,10 +206,17 @@ class RelayService(service.Service):
         def dial(credentials: Credentials) -> defer.Deferred[Any]:
             self._leastDelay = 0.0
             self.factory.credentials = credentials
-            self._log.info("connecting to relay {relay}", relay=self.relayName)
-            return self.endpoint.connect(factory).addCallbacks(self._track, unreachable)
+            self._log.info("{prefix}connecting to relay {relay}", prefix=self.prefix, relay=self.relayName)
+            self.attemptStarted = self.reactor.seconds()
+            connecting = self.endpoint.connect(factory)
+            # One deadline from here to the forward granted: TCP, any proxy,
+            # SSH version, key exchange, login, forward.  Cancelled in _track.
+            self._deadline = self.reactor.callLater(self.setupTimeout, self._setupTimedOut, connecting)
+            return connecting.addCallbacks(self._track, unreachable)
 
         def unreachable(reason: Failure) -> Failure:
+            self._stopDeadline()
+            self.attemptStarted = None
             if not reason.check(defer.CancelledError):
                 self.attemptFailed(
                     TunnelError(f"cannot reach relay: {reason.getErrorMessage()}", "unreachable"), "unreachable"
@@ -194,8 +239,12 @@ class RelayService(service.Service):
         # ClientService hands out a proxy that forwards attribute access to our protocol.
         proto = cast(RelayTransport, connected)
         grantedAt: list[float] = []
+        self._connecting = proto
 
         def granted(port: int) -> None:
+            self._stopDeadline()
+            self._connecting = None
+            self.attemptStarted = None
             grantedAt.append(self.reactor.seconds())
             self.transport = proto
             self.lastError = None
@@ -203,10 +252,12 @@ class RelayService(service.Service):
             self.metrics.lastForwardTimestamp.labels(connection=self._label).set(self.reactor.seconds())
 
         def failed(reason: Failure) -> None:
+            self._stopDeadline()
+            self._connecting = None
+            self.attemptStarted = None
             error = cast(Exception, reason.value)
             self.attemptFailed(error, error.reason if isinstance(error, TunnelError) else "error")
-            if proto.transport is not None:
-                proto.transport.loseConnection()
+            proto.loseConnection()
 
         def lost(message: str) -> None:
             uptime = self.reactor.seconds() - grantedAt[0] if grantedAt else 0.0
@@ -216,11 +267,41 @@ class RelayService(service.Service):
             self.transport = None
             self.metrics.tunnelUp.labels(connection=self._label).set(0)
             if self.running:
-                self.attemptFailed(TunnelError(f"connection lost after {uptime:.0f} s: {message}", "lost"), "lost")
+                failure = proto.failure
+                reason = failure.reason if failure is not None and failure.reason == "keepalive_timeout" else "lost"
+                self.attemptFailed(TunnelError(f"connection lost after {uptime:.0f} s: {message}", reason), reason)
 
         proto.ready.addCallbacks(granted, failed)
         proto.whenLost.addCallback(lost)
         return connected
+
+    _deadline: Any = None
+    _connecting: RelayTransport | None = None
+
+    def _stopDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _setupTimedOut(self, connecting: defer.Deferred[Any]) -> None:
+        """
+        The attempt did not get its forward in time: abandon it, count it as
+        C{setup_timeout}, and let the backoff loop try again.
+        """
+        self._deadline = None
+        error = TunnelError(
+            f"no forward within {self.setupTimeout:.0f} s of dialling (the relay accepts TCP but does not "
+            f"complete SSH: overloaded, frozen, or not an SSH server); giving up on this attempt",
+            "setup_timeout",
+        )
+        proto = self._connecting
+        if proto is None:
+            self.attemptStarted = None
+            self.attemptFailed(error, "setup_timeout")
+            connecting.cancel()
+            return
+        proto.fail(error)
+        proto.abortConnection()
 
 
 @implementer(IStreamClientEndpoint)

@@ -1,262 +1,671 @@
-# -*- test-case-name: tests.test_tunnel -*-
+# -*- test-case-name: tests.unit.test_transport -*-
 """
-The SSH transport to the relay: algorithm choice, host key verification, and
-the hand-off to user authentication once the connection is secure.
+The SSH transport to the relay (RFC 4253), client side: version exchange,
+key exchange at any time from either side (with OpenSSH's strict key
+exchange), the binary packet protocol, and the hand-off to user
+authentication, once, and then to the connection service.
+
+It is Conch's protocol, not Conch's class: Conch's C{SSHClientTransport}
+calls C{connectionSecure} after every key exchange (so a re-key asked for
+user authentication again, which other SSH servers answer by closing the
+connection or swapping the service), negotiates a MAC even for an AEAD
+cipher, has no strict key exchange, no AEAD ciphers and no EtM MACs, and
+turns malformed input into tracebacks.  Conch still provides the user
+authentication service, keys and signatures.
+
+Everything the relay sends is untrusted: a malformed or unexpected message
+ends the connection with one L{ProtocolError}, and reading stops while the
+connection's own send buffer is over L{SEND_BUFFER_CAP}, so a relay that
+floods requests and reads nothing cannot grow our memory.
 """
 
 from __future__ import annotations
 
+import enum
 import struct
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any
 
-from twisted.conch.ssh import transport
+from twisted.conch.ssh import keys
+from twisted.conch.ssh.service import SSHService
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.interfaces import IPullProducer, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from .. import writethrough
-from .ciphers import BadPacket, Ciphers, Packetizer
-from .hostkeys import HostKeyMismatch
-from .hostkeys import fingerprint as sha256Fingerprint
+from .. import __version__, _twisted
+from .errors import ProtocolError, TunnelError
+from .hostkeys import HostKeyMismatch, fingerprint
+from .kex import (
+    CIPHER_PREFERENCE,
+    HOST_KEY_PREFERENCE,
+    KEX_PREFERENCE,
+    KEY_AGREEMENTS,
+    MAC_PREFERENCE,
+    STRICT_CLIENT,
+    KexInit,
+    KeyAgreement,
+    Negotiated,
+    deriveKeys,
+    negotiate,
+)
+from .packets import BadPacket, Packetizer, PlainPacketizer, makePacketizer
+from .wire import Reader, escape, string, uint32
 
 if TYPE_CHECKING:
     from ..credentials import Credentials
-    from .auth import RelayUserAuth
     from .connection import RelayConnection
 
-__all__ = ["RelayTransport", "RelayTransportFactory", "TunnelError"]
+__all__ = ["RekeyPolicy", "RelayTransport", "RelayTransportFactory"]
 
+MSG_DISCONNECT = 1
+MSG_IGNORE = 2
+MSG_UNIMPLEMENTED = 3
+MSG_DEBUG = 4
+MSG_SERVICE_REQUEST = 5
+MSG_SERVICE_ACCEPT = 6
+MSG_EXT_INFO = 7
+MSG_KEXINIT = 20
+MSG_NEWKEYS = 21
+MSG_KEX_INIT = 30  # KEXDH_INIT, KEX_ECDH_INIT, KEX_HYBRID_INIT
+MSG_KEX_REPLY = 31
+MSG_USERAUTH_BANNER = 53
 MSG_CHANNEL_DATA = 94
-#: Bytes read from the relay at a time, and sent-but-unwritten bytes past
-#: which streams stop reading from their destinations.
-SOCKET_BUFFER = 256 * 1024
-#: Message type, recipient channel, data length.
+
+DISCONNECT_PROTOCOL_ERROR = 2
+DISCONNECT_KEY_EXCHANGE_FAILED = 3
+DISCONNECT_HOST_KEY_NOT_VERIFIABLE = 9
+DISCONNECT_BY_APPLICATION = 11
+
+#: Bytes read from the relay per system call.
+READ_SIZE = 256 * 1024
+#: Sealed bytes waiting in user space (Twisted's write buffer) below which
+#: channel data is sealed and sent; above it, it waits unsealed in the
+#: channels, where it can still be reordered (control messages first, one
+#: packet per stream in turn).
+SEND_LOW_WATER = 64 * 1024
+#: Unsent bytes the kernel may hold (TCP_NOTSENT_LOWAT), so that the queue
+#: that matters stays in user space where it can be reordered.
+NOTSENT_LOWAT = 128 * 1024
+#: Our send buffer size past which we stop reading from the relay.
+SEND_BUFFER_CAP = 4 * 1024 * 1024
+#: Messages held during a key exchange, past which the relay is flooding.
+HELD_DURING_KEX = 4096
+#: Text before the relay's version line (RFC 4253 section 4.2 allows lines).
+MAX_PREAMBLE = 16 * 1024
+#: How long a closing connection may take to flush before it is aborted.
+CLOSE_DEADLINE = 5.0
+
+# Channel data (94) is parsed here, straight out of the plaintext.
 _CHANNEL_DATA_HEAD = struct.Struct(">B2L")
+_KEX_MESSAGES = frozenset([MSG_KEXINIT, MSG_NEWKEYS, *range(30, 50)])
 
 
-class TunnelError(Exception):
+class _Phase(enum.Enum):
+    VERSION = "waiting for the relay's version"
+    KEX = "first key exchange"
+    SERVICE = "waiting for the ssh-userauth service"
+    AUTH = "user authentication"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class RekeyPolicy:
     """
-    The tunnel could not be established; the message says why, for operators.
-
-    @ivar reason: a short label for metrics (C{host_key}, C{auth}, ...).
+    When the connector starts a key exchange itself: after C{limit} bytes in
+    either direction, or C{interval} seconds (0: never by time).  The default
+    limit is OpenSSH's: 2^32 blocks for 16-byte ciphers (64 GiB), 1 GiB for
+    chacha20-poly1305.
     """
 
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    def __init__(self, limit: int = 0, interval: float = 0.0) -> None:
+        self.limit = limit
+        self.interval = interval
+
+    def bytesFor(self, cipher: bytes) -> int:
+        default = (1 << 30) if cipher.startswith(b"chacha20") else (1 << 36)
+        return min(self.limit, default) if self.limit else default
 
 
-class RelayTransport(transport.SSHClientTransport):
+class _KeyExchange:
+    """
+    One key exchange in progress.
+
+    @ivar ours: the KEXINIT we sent.
+    @ivar theirs: the relay's, once received.
+    @ivar negotiated: what the two agreed.
+    @ivar agreement: our side of the key agreement.
+    @ivar ignoreNext: the relay guessed its first kex packet wrong: drop it.
+    @ivar keysOut: the packetizer to switch to after our NEWKEYS; C{keysIn} after theirs.
+    @ivar sentNewKeys: our NEWKEYS is out; normal messages may flow again.
+    """
+
+    def __init__(self, ours: KexInit) -> None:
+        self.ours = ours
+        self.theirs: KexInit | None = None
+        self.negotiated: Negotiated | None = None
+        self.agreement: KeyAgreement | None = None
+        self.ignoreNext = False
+        self.keysIn: Packetizer | None = None
+        self.sentNewKeys = False
+
+
+@implementer(IPullProducer)
+class RelayTransport(protocol.Protocol):
     """
     One SSH connection to the relay.
 
     @ivar factory: the L{RelayTransportFactory} that made this.
     @ivar ready: fires with the allocated remote port once the forward is
-        granted, or fails with L{TunnelError} (or the connection's loss reason)
-        if it never is.
-    @ivar connection: the L{RelayConnection} once authentication succeeded.
+        granted, or fails with L{TunnelError} if it never is.
     @ivar whenLost: fires with a one-line reason when the connection ends.
+    @ivar service: the running SSH service (user auth, then the connection).
+    @ivar connection: the L{RelayConnection} once authentication succeeded.
     @ivar hostKeyFingerprint: the relay's verified host key, C{SHA256:...}.
+    @ivar sessionID: the first exchange hash.
+    @ivar negotiated: the algorithms in use.
+    @ivar rekeys: key exchanges completed after the first.
+    @ivar lastReceived: when bytes last arrived from the relay (liveness).
+    @ivar relayVersion: the relay's version line, escaped.
     """
 
-    # In order of CPU per byte here: AES-GCM (one AEAD call per packet);
-    # chacha20-poly1305 (two cipher set-ups and a Poly1305 per packet); AES-CTR
-    # with HMAC-SHA2 (Conch's packet path).  No CBC/3DES, no SHA-1 or MD5 MACs,
-    # no compression.
-    supportedCiphers = [
-        b"aes128-gcm@openssh.com",
-        b"aes256-gcm@openssh.com",
-        b"chacha20-poly1305@openssh.com",
-        b"aes128-ctr",
-        b"aes256-ctr",
-        b"aes192-ctr",
-    ]
-    supportedMACs = [b"hmac-sha2-256", b"hmac-sha2-512"]
-    supportedKeyExchanges = [b"curve25519-sha256", b"curve25519-sha256@libssh.org"]
-    supportedCompressions = [b"none"]
+    ourVersion = f"SSH-2.0-incident_connector_{__version__}".encode()
 
     factory: RelayTransportFactory
+    _log = Logger()
 
     def __init__(self) -> None:
-        self._log = Logger(namespace="twisted.conch.ssh.transport", source=self)
         self.ready: defer.Deferred[int] = defer.Deferred()
         self.whenLost: defer.Deferred[str] = defer.Deferred()
-        self.hostKeyFingerprint: str | None = None
+        self.service: SSHService | None = None
         self.connection: RelayConnection | None = None
-        self._disconnecting = False
+        self.hostKeyFingerprint: str | None = None
+        self.sessionID: bytes | None = None
+        self.negotiated: Negotiated | None = None
+        self.rekeys = 0
+        self.lastReceived = 0.0
+        self.relayVersion = ""
+        self._phase = _Phase.VERSION
+        self._buffer = b""
+        self._inbound: Packetizer = PlainPacketizer()
+        self._outbound: Packetizer = PlainPacketizer()
+        self._sequenceIn = 0
+        self._sequenceOut = 0
+        self._kex: _KeyExchange | None = None
+        self._held: list[tuple[int, bytes]] = []
+        self._hostKeyBlob: bytes | None = None
+        self._ourVersionLine = self.ourVersion
+        self._theirVersionLine = b""
+        self._bytesOut = 0
+        self._bytesIn = 0
+        self._rekeyAfter = 1 << 36
+        self._rekeyTimer: Any = None
         self._failure: TunnelError | None = None
+        self._readingPaused = False
+        self._closeTimer: Any = None
+        self._firstKexDone = False
+        self._strict = False
+
+    # Connection life.
 
     def connectionMade(self) -> None:
-        if ITCPTransport.providedBy(self.transport):
-            cast(ITCPTransport, self.transport).setTcpNoDelay(True)
-            # Read more per system call, and buffer this much before pausing
-            # the streams (RelayConnection is the producer).
-            cast(ITCPTransport, self.transport).bufferSize = SOCKET_BUFFER  # type: ignore[attr-defined]
-        self.supportedPublicKeys = self.factory.credentials.hostKeyPolicy.preferredAlgorithms(
-            transport.SSHClientTransport.supportedPublicKeys
-        )
-        super().connectionMade()
+        transport: Any = self.transport
+        assert transport is not None
+        if ITCPTransport.providedBy(transport):
+            tcp: Any = transport
+            tcp.setTcpNoDelay(True)
+            tcp.setTcpKeepAlive(True)
+            _setNotSentLowWater(tcp)
+        _twisted.setReadSize(transport, READ_SIZE)
+        # A pull producer: Twisted asks for more when its write buffer drains.
+        transport.registerProducer(self, False)
+        self.lastReceived = self.clock.seconds()
+        transport.write(self._ourVersionLine + b"\r\n")
+        self._startKeyExchange()
 
-    def ssh_KEXINIT(self, packet: bytes) -> object:
-        result = super().ssh_KEXINIT(packet)
-        # Conch built plain SSHCiphers from the negotiated names; ours know AES-GCM.
-        negotiated = self.nextEncryptions
-        self.nextEncryptions = Ciphers(
-            negotiated.outCipType, negotiated.inCipType, negotiated.outMACType, negotiated.inMACType
-        )
-        return result
-
-    def sendPacket(self, messageType: int, payload: bytes) -> None:
-        aead = self._outAEAD()
-        if aead is None:
-            return super().sendPacket(messageType, payload)
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE and not self._allowedKeyExchangeMessageType(messageType):
-            self._blockedByKeyExchange.append((messageType, payload))
-            return None
-        self._seal(aead, bytes((messageType,)), payload)
-        return None
-
-    def sendChannelData(self, remoteChannel: int, packets: Sequence[bytes | memoryview]) -> None:
-        """
-        Send each of C{packets} on a channel as one C{SSH_MSG_CHANNEL_DATA},
-        all with one write: with AEAD each is copied once, into its packet's
-        plaintext.
-        """
-        aead = self._outAEAD()
-        if aead is None or self._keyExchangeState != self._KEY_EXCHANGE_NONE:
-            # Conch frames them (and holds them back during a key exchange).
-            for data in packets:
-                self.sendPacket(MSG_CHANNEL_DATA, struct.pack(">2L", remoteChannel, len(data)) + data)
-            return
-        pieces: list[bytes] = []
-        for data in packets:
-            head = _CHANNEL_DATA_HEAD.pack(MSG_CHANNEL_DATA, remoteChannel, len(data))
-            pieces.extend(aead.sealParts(head, data, self.outgoingPacketSequence))
-            self.outgoingPacketSequence += 1
-        assert self.transport is not None
-        writethrough.writeSequence(self.transport, pieces)
-
-    def _outAEAD(self) -> Packetizer | None:
-        return self.currentEncryptions.outAEAD if isinstance(self.currentEncryptions, Ciphers) else None
-
-    def _inAEAD(self) -> Packetizer | None:
-        return self.currentEncryptions.inAEAD if isinstance(self.currentEncryptions, Ciphers) else None
-
-    def _seal(self, aead: Packetizer, head: bytes, payload: bytes | memoryview) -> None:
-        assert self.transport is not None
-        writethrough.writeSequence(self.transport, aead.sealParts(head, payload, self.outgoingPacketSequence))
-        self.outgoingPacketSequence += 1
+    @property
+    def clock(self) -> Any:
+        return self.factory.clock
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Conch's loop, without its copies: AEAD packets are opened in place at
-        an offset into the receive buffer (trimmed once per read), and
-        channel data goes straight to the connection, copied once out of the
-        plaintext.  Conch's own framing still reads the version line and any
-        packet before keys are set or under a non-AEAD cipher.
+        Open every whole packet in C{data}, in order.  Channel data goes
+        straight to the connection (parsed out of the plaintext, copied once);
+        everything else through L{_dispatch}.
         """
-        if self._disconnecting:
+        if self._phase is _Phase.CLOSED:
             return
-        if not self.gotVersion:
-            super().dataReceived(data)
-            return
-        buf = self.buf + data if self.buf else data
+        self.lastReceived = self.clock.seconds()
+        buffer = self._buffer + data if self._buffer else data
         offset = 0
         connection = self.connection
         if connection is not None:
-            connection.startGathering()
+            connection.readStarted()
         try:
-            while not self._disconnecting:
-                # Per packet: NEWKEYS switches ciphers mid-buffer.
-                aead = self._inAEAD()
-                if aead is None:
-                    self.buf, buf, offset = buf[offset:], b"", 0
-                    packet = self.getPacket()
-                    buf = self.buf
-                    if not packet:
-                        return
-                    self._dispatch(packet, 0, len(packet))
-                    continue
-                try:
-                    opened = aead.openPacket(memoryview(buf)[offset:], self.incomingPacketSequence)
-                except BadPacket as e:
-                    self.sendDisconnect(e.reason, str(e).encode())
+            if self._phase is _Phase.VERSION:
+                offset = self._readVersion(buffer)
+                if self._phase is _Phase.VERSION:
                     return
+            view = memoryview(buffer)
+            while self._phase is not _Phase.CLOSED:
+                # Per packet: NEWKEYS switches keys mid-buffer.
+                opened = self._inbound.openPacket(view[offset:], self._sequenceIn)
                 if opened is None:
-                    return
+                    break
                 plain, end, used = opened
                 offset += used
-                self.incomingPacketSequence += 1
-                self._dispatch(plain, 1, end)
-        finally:
-            self.buf = buf[offset:] if offset else buf
-            if connection is not None:
-                connection.deliverGathered()
-
-    def getPacket(self) -> bytes | None:
-        """
-        One packet for Conch's own loop (which reads the version line and
-        whatever follows it in the same read): AEAD packets too.
-        """
-        aead = self._inAEAD()
-        if aead is None:
-            return super().getPacket()
-        try:
-            opened = aead.open(self.buf, self.incomingPacketSequence)
+                self._sequenceIn = (self._sequenceIn + 1) & 0xFFFFFFFF
+                self._bytesIn += used
+                self._dispatch(plain, end)
         except BadPacket as e:
-            self.sendDisconnect(e.reason, str(e).encode())
-            return None
-        if opened is None:
-            return None
-        payload, used = opened
-        self.buf = self.buf[used:]
-        self.incomingPacketSequence += 1
-        return payload
+            self._protocolError(ProtocolError(f"the relay sent a bad packet: {e}", code=e.reason))
+        except ProtocolError as e:
+            self._protocolError(e)
+        except (struct.error, IndexError, ValueError, UnicodeDecodeError):
+            # From Conch's user auth parsing a malformed message.
+            self._protocolError(ProtocolError("the relay sent a malformed user-auth message"))
+        finally:
+            self._buffer = buffer[offset:] if offset else buffer
+            if connection is not None:
+                connection.readFinished()
+        if self._phase is not _Phase.CLOSED:
+            self._checkSendBuffer()
+            if self._bytesIn > self._rekeyAfter and self._kex is None and self._phase is _Phase.CONNECTED:
+                self._startKeyExchange()
 
-    def sendDisconnect(self, reason: int, desc: bytes) -> None:
-        # Nothing received after this is acted on.
-        self._disconnecting = True
-        super().sendDisconnect(reason, desc)
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._phase = _Phase.CLOSED
+        for timer in (self._rekeyTimer, self._closeTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        message = str(self._failure) if self._failure is not None else reason.getErrorMessage()
+        if not self.ready.called:
+            failure = self._failure or TunnelError(f"connection to relay lost: {message}", "connection_lost")
+            self.ready.errback(failure)
+        if self.service is not None:
+            self.service.serviceStopped()
+        self.whenLost.callback(message)
 
-    def _dispatch(self, packet: bytes, start: int, end: int) -> None:
+    # What the relay sends.
+
+    def _readVersion(self, buffer: bytes) -> int:
         """
-        Hand the message at C{packet[start:end]} (type byte first) on.
+        Find the relay's version line; lines before it are allowed (RFC 4253
+        section 4.2).  Returns the offset after it.
         """
-        if end <= start:
-            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"empty packet")
+        offset = 0
+        while True:
+            end = buffer.find(b"\n", offset)
+            if end < 0:
+                if len(buffer) > MAX_PREAMBLE:
+                    raise ProtocolError("the relay sent no SSH version line (is this an SSH server?)")
+                return 0
+            line = buffer[offset:end].rstrip(b"\r")
+            offset = end + 1
+            if line.startswith(b"SSH-"):
+                break
+            if offset > MAX_PREAMBLE:
+                raise ProtocolError("the relay sent no SSH version line (is this an SSH server?)")
+        self._theirVersionLine = line
+        self.relayVersion = escape(line, 120)
+        if not (line.startswith(b"SSH-2.0-") or line.startswith(b"SSH-1.99-")):
+            raise ProtocolError(f"the relay speaks an unsupported SSH version: {self.relayVersion}")
+        self._phase = _Phase.KEX
+        return offset
+
+    def _dispatch(self, plain: bytes, end: int) -> None:
+        """
+        Act on the message at C{plain[1:end]} (its type byte first).
+        """
+        if end < 2:
+            raise ProtocolError("the relay sent an empty message")
+        messageType = plain[1]
+        kex = self._kex
+        if kex is not None and kex.theirs is not None and kex.negotiated is not None and kex.negotiated.strict:
+            # Strict key exchange: during the first one, only its own messages.
+            if not self._firstKexDone and messageType not in _KEX_MESSAGES and messageType != MSG_DISCONNECT:
+                raise ProtocolError(
+                    f"the relay sent message {messageType} during a strict key exchange", reason="negotiation"
+                )
+        if messageType == MSG_CHANNEL_DATA and self.connection is not None and self.service is self.connection:
+            if end < 1 + _CHANNEL_DATA_HEAD.size:
+                raise ProtocolError("the relay sent a malformed CHANNEL_DATA message")
+            _, channel, length = _CHANNEL_DATA_HEAD.unpack_from(plain, 1)
+            start = 1 + _CHANNEL_DATA_HEAD.size
+            if start + length > end:
+                raise ProtocolError("the relay sent a malformed CHANNEL_DATA message")
+            self.connection.channelDataReceived(channel, plain[start : start + length])
             return
-        messageNum = packet[start]
-        connection = self.connection
-        if messageNum == MSG_CHANNEL_DATA and connection is not None and self.service is connection:
-            if end - start < _CHANNEL_DATA_HEAD.size:
-                self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"short channel data")
-                return
-            _, channel, length = _CHANNEL_DATA_HEAD.unpack_from(packet, start)
-            dataStart = start + _CHANNEL_DATA_HEAD.size
-            if dataStart + length > end:
-                self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"channel data longer than its packet")
-                return
-            connection.channelDataReceived(channel, packet[dataStart : dataStart + length])
-            return
-        self.dispatchMessage(messageNum, packet[start + 1 : end])
+        message = plain[1:end]
+        handler = self._handlers.get(messageType)
+        if handler is not None:
+            handler(self, message)
+        elif 50 <= messageType <= 79:
+            if self._phase is not _Phase.AUTH or self.service is None:
+                raise ProtocolError(f"the relay sent user-auth message {messageType} outside authentication")
+            self.service.packetReceived(messageType, message[1:])
+        elif 80 <= messageType <= 127:
+            if self._phase is not _Phase.CONNECTED or self.connection is None:
+                raise ProtocolError(f"the relay sent connection message {messageType} before login")
+            self.connection.packetReceived(messageType, message[1:])
+        elif 20 <= messageType <= 49:
+            raise ProtocolError(f"the relay sent key exchange message {messageType} out of turn")
+        else:
+            # RFC 4253 section 11.4: answer what we do not know.
+            self.sendPacket(MSG_UNIMPLEMENTED, uint32((self._sequenceIn - 1) & 0xFFFFFFFF))
 
-    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> defer.Deferred[None]:
+    def ssh_DISCONNECT(self, message: bytes) -> None:
+        reader = Reader(message, "DISCONNECT", 1)
+        code = reader.uint32()
+        text = escape(reader.string())
+        self._fail(TunnelError(f"relay disconnected: {text} (code {code})", "disconnected"))
+        self.loseConnection()
+
+    def ssh_IGNORE(self, message: bytes) -> None:
+        pass
+
+    def ssh_UNIMPLEMENTED(self, message: bytes) -> None:
+        self._log.debug("the relay did not understand our packet {sequence}", sequence=Reader(message, "", 1).uint32())
+
+    def ssh_DEBUG(self, message: bytes) -> None:
+        reader = Reader(message, "DEBUG", 1)
+        reader.boolean()
+        self._log.debug("relay debug message: {text}", text=escape(reader.string()))
+
+    def ssh_SERVICE_REQUEST(self, message: bytes) -> None:
+        raise ProtocolError("the relay asked the connector for a service (SERVICE_REQUEST)")
+
+    def ssh_SERVICE_ACCEPT(self, message: bytes) -> None:
+        if self._phase is not _Phase.SERVICE:
+            raise ProtocolError("the relay sent SERVICE_ACCEPT although no service was requested")
+        name = Reader(message, "SERVICE_ACCEPT", 1).string() if len(message) > 1 else b"ssh-userauth"
+        if name != b"ssh-userauth":
+            raise ProtocolError(f"the relay accepted service {escape(name)!r}, not ssh-userauth")
+        self._phase = _Phase.AUTH
+        auth = self.factory.makeUserAuth(self)
+        self._startService(auth)
+
+    def ssh_EXT_INFO(self, message: bytes) -> None:
+        # We do not advertise ext-info-c; a relay that sends it anyway is ignored.
+        pass
+
+    def ssh_USERAUTH_BANNER(self, message: bytes) -> None:
+        if self._phase is not _Phase.AUTH:
+            raise ProtocolError("the relay sent a banner outside authentication")
+        self._log.info("relay banner: {text}", text=escape(Reader(message, "USERAUTH_BANNER", 1).string(), 500))
+
+    def ssh_KEXINIT(self, message: bytes) -> None:
+        kex = self._kex
+        if kex is None:
+            if self._phase is _Phase.VERSION or self.sessionID is None:
+                raise ProtocolError("the relay sent KEXINIT out of turn")
+            # The relay starts a re-key: answer with ours.
+            kex = self._startKeyExchange()
+        elif kex.theirs is not None:
+            raise ProtocolError("the relay sent a second KEXINIT during a key exchange")
+        theirs = KexInit.parse(message)
+        initial = self.sessionID is None
+        negotiated = negotiate(kex.ours, theirs, initial)
+        if negotiated.strict and self._sequenceIn != 1:
+            raise ProtocolError(
+                "strict key exchange: the relay's KEXINIT was not its first packet", reason="negotiation"
+            )
+        if initial and negotiated.strict:
+            self._log.debug("strict key exchange with the relay")
+        kex.theirs = theirs
+        kex.negotiated = negotiated
+        if theirs.firstFollows and (theirs.kex[:1] != kex.ours.kex[:1] or theirs.hostKeys[:1] != kex.ours.hostKeys[:1]):
+            kex.ignoreNext = True
+        kex.agreement = KEY_AGREEMENTS[negotiated.kex]()
+        self._sendNow(MSG_KEX_INIT, kex.agreement.initPayload())
+
+    def _kexReply(self, message: bytes) -> None:
+        kex = self._kex
+        if kex is None or kex.agreement is None or kex.negotiated is None or kex.theirs is None or kex.sentNewKeys:
+            raise ProtocolError("the relay sent a key exchange reply out of turn")
+        if kex.ignoreNext:
+            kex.ignoreNext = False
+            return
+        reader = Reader(message, "key exchange reply", 1)
+        hostKeyBlob = reader.string()
+        serverPublic = kex.agreement.serverPublic(reader)
+        signature = reader.string()
+        negotiated = kex.negotiated
+        key = self._verifyHostKey(hostKeyBlob, negotiated.hostKey)
+        secret = kex.agreement.finish(serverPublic)
+        parts = [string(self._ourVersionLine), string(self._theirVersionLine)]
+        parts += [string(kex.ours.payload), string(kex.theirs.payload), string(hostKeyBlob)]
+        exchangeHash = kex.agreement.exchangeHash(parts, serverPublic, secret)
+        signatureType = Reader(signature, "signature").string()
+        if signatureType != negotiated.hostKey or not key.verify(signature, exchangeHash):
+            raise ProtocolError("the relay's key exchange signature does not verify", reason="negotiation", code=3)
+        if self.sessionID is None:
+            self.sessionID = exchangeHash
+        keysOut, keysIn = deriveKeys(kex.agreement.hashName, secret, exchangeHash, self.sessionID, negotiated)
+        outbound = makePacketizer(negotiated.cipherOut, negotiated.macOut, keysOut.key, keysOut.iv, keysOut.mac)
+        kex.keysIn = makePacketizer(negotiated.cipherIn, negotiated.macIn, keysIn.key, keysIn.iv, keysIn.mac)
+        self._sendNow(MSG_NEWKEYS, b"")
+        self._outbound = outbound
+        if negotiated.strict or self._strict:
+            self._sequenceOut = 0
+        kex.sentNewKeys = True
+        self._bytesOut = 0
+        held, self._held = self._held, []
+        for messageType, payload in held:
+            self.sendPacket(messageType, payload)
+
+    def ssh_NEWKEYS(self, message: bytes) -> None:
+        kex = self._kex
+        if kex is None or kex.keysIn is None or kex.negotiated is None:
+            raise ProtocolError("the relay sent NEWKEYS out of turn")
+        if len(message) != 1:
+            raise ProtocolError("the relay sent a malformed NEWKEYS message")
+        self._inbound = kex.keysIn
+        if kex.negotiated.strict or self._strict:
+            self._strict = True
+            self._sequenceIn = 0
+        self._bytesIn = 0
+        self.negotiated = kex.negotiated
+        self._kex = None
+        self._rekeyAfter = self.factory.rekey.bytesFor(kex.negotiated.cipherOut)
+        self._scheduleRekey()
+        if not self._firstKexDone:
+            # The first key exchange, and only the first, leads to user auth.
+            self._firstKexDone = True
+            self._phase = _Phase.SERVICE
+            self._sendNow(MSG_SERVICE_REQUEST, string(b"ssh-userauth"))
+        else:
+            self.rekeys += 1
+            self._log.debug("re-keyed with the relay ({count})", count=self.rekeys)
+        if self.connection is not None:
+            self.connection.sendBufferDrained()
+
+    _handlers: dict[int, Callable[[RelayTransport, bytes], None]] = {
+        MSG_DISCONNECT: ssh_DISCONNECT,
+        MSG_IGNORE: ssh_IGNORE,
+        MSG_UNIMPLEMENTED: ssh_UNIMPLEMENTED,
+        MSG_DEBUG: ssh_DEBUG,
+        MSG_SERVICE_REQUEST: ssh_SERVICE_REQUEST,
+        MSG_SERVICE_ACCEPT: ssh_SERVICE_ACCEPT,
+        MSG_EXT_INFO: ssh_EXT_INFO,
+        MSG_KEXINIT: ssh_KEXINIT,
+        MSG_NEWKEYS: ssh_NEWKEYS,
+        MSG_KEX_REPLY: _kexReply,
+        MSG_USERAUTH_BANNER: ssh_USERAUTH_BANNER,
+    }
+
+    def _verifyHostKey(self, blob: bytes, algorithm: bytes) -> keys.Key:
         """
-        Accept the relay only if the policy does; a failed Deferred makes Conch
-        disconnect before anything is authenticated.
+        The relay's host key, if the policy trusts it; on a re-key it must be
+        the key the connection started with.
         """
         try:
-            key = self.factory.credentials.hostKeyPolicy.verify(hostKey)
+            key = keys.Key.fromString(blob)
+        except (keys.BadKeyError, ValueError, struct.error, IndexError):
+            raise ProtocolError("the relay sent a malformed host key", reason="host_key") from None
+        expected = b"ssh-rsa" if algorithm.startswith(b"rsa-sha2-") else algorithm
+        if key.sshType() != expected:
+            raise ProtocolError(
+                f"the relay sent a {escape(key.sshType())} host key for {algorithm.decode()}", reason="host_key"
+            )
+        if self._hostKeyBlob is not None:
+            if blob != self._hostKeyBlob:
+                raise ProtocolError(
+                    "host key verification failed: the relay's host key changed during a re-key",
+                    reason="host_key",
+                    code=DISCONNECT_HOST_KEY_NOT_VERIFIABLE,
+                )
+            return key
+        try:
+            self.factory.credentials.hostKeyPolicy.verify(blob)
         except HostKeyMismatch as e:
-            self.fail(TunnelError(f"host key verification failed: {e}", "host_key"))
-            return defer.fail(e)
-        self.hostKeyFingerprint = sha256Fingerprint(key)
-        return defer.succeed(None)
+            raise ProtocolError(
+                f"host key verification failed: {e}", reason="host_key", code=DISCONNECT_HOST_KEY_NOT_VERIFIABLE
+            ) from None
+        self._hostKeyBlob = blob
+        self.hostKeyFingerprint = fingerprint(key)
+        return key
 
-    def connectionSecure(self) -> None:
-        self.requestService(self.factory.makeUserAuth(self))
+    # What we send.
+
+    def _startKeyExchange(self) -> _KeyExchange:
+        """
+        Send our KEXINIT (first, or to re-key); hold back every message that
+        is not part of the exchange until our NEWKEYS is out.
+        """
+        kexList = list(KEX_PREFERENCE)
+        if self.sessionID is None:
+            kexList.append(STRICT_CLIENT)
+        hostKeys = self.factory.credentials.hostKeyPolicy.preferredAlgorithms(HOST_KEY_PREFERENCE)
+        ours = KexInit.build(kexList, hostKeys, self.factory.ciphers, MAC_PREFERENCE)
+        self._kex = _KeyExchange(ours)
+        self._sendNow(MSG_KEXINIT, ours.payload[1:])
+        if self._rekeyTimer is not None and self._rekeyTimer.active():
+            self._rekeyTimer.cancel()
+        return self._kex
+
+    def _scheduleRekey(self) -> None:
+        interval = self.factory.rekey.interval
+        if interval > 0:
+            self._rekeyTimer = self.clock.callLater(interval, self._rekeyByTime)
+
+    def _rekeyByTime(self) -> None:
+        self._rekeyTimer = None
+        if self._kex is None and self._phase is _Phase.CONNECTED:
+            self._startKeyExchange()
+
+    @property
+    def canSendData(self) -> bool:
+        """
+        Channel data may be sealed now: no key exchange holds it back.
+        """
+        kex = self._kex
+        return self._phase is _Phase.CONNECTED and (kex is None or kex.sentNewKeys)
+
+    def sendRoom(self) -> int:
+        """
+        How many bytes of channel data to seal now: up to L{SEND_LOW_WATER}
+        waiting in user space, so the queue stays where it can be reordered.
+        """
+        if self.transport is None:
+            return 0
+        return SEND_LOW_WATER - _twisted.pendingBytes(self.transport)
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        """
+        Send one message now: control and service messages go out ahead of
+        any channel data not yet sealed.  During a key exchange, messages that
+        are not part of it wait until our NEWKEYS is out.
+        """
+        if self._phase is _Phase.CLOSED:
+            return
+        kex = self._kex
+        if kex is not None and not kex.sentNewKeys and not _allowedDuringKex(messageType):
+            self._held.append((messageType, payload))
+            if len(self._held) > HELD_DURING_KEX:
+                self._protocolError(ProtocolError("the relay flooded requests during a key exchange"))
+            return
+        self._sendNow(messageType, payload)
+
+    def sendChannelData(self, packets: Sequence[tuple[int, bytes | memoryview]]) -> None:
+        """
+        Send channel data: each C{(recipient channel, data)} as one
+        C{SSH_MSG_CHANNEL_DATA}, all with one write (each piece copied once,
+        into its packet's plaintext).  Only while L{canSendData}.
+        """
+        pieces: list[bytes] = []
+        outbound = self._outbound
+        for channel, data in packets:
+            head = _CHANNEL_DATA_HEAD.pack(MSG_CHANNEL_DATA, channel, len(data))
+            sealed = outbound.sealParts(head, data, self._sequenceOut)
+            self._sequenceOut = (self._sequenceOut + 1) & 0xFFFFFFFF
+            pieces.extend(sealed)
+        self._write(pieces)
+
+    def _sendNow(self, messageType: int, payload: bytes) -> None:
+        pieces = self._outbound.sealParts(bytes((messageType,)), payload, self._sequenceOut)
+        self._sequenceOut = (self._sequenceOut + 1) & 0xFFFFFFFF
+        self._write(list(pieces))
+
+    def _write(self, pieces: list[bytes]) -> None:
+        if self.transport is None:
+            return
+        self._bytesOut += sum(map(len, pieces))
+        _twisted.sendNow(self.transport, pieces)
+        if self._bytesOut > self._rekeyAfter and self._kex is None and self._phase is _Phase.CONNECTED:
+            self._startKeyExchange()
+
+    def sendUnimplemented(self) -> None:
+        # Conch's services call this for messages they do not know.
+        self.sendPacket(MSG_UNIMPLEMENTED, uint32((self._sequenceIn - 1) & 0xFFFFFFFF))
+
+    # IPullProducer, for the relay's TCP connection: its buffer drained.
+
+    def resumeProducing(self) -> None:
+        if self._readingPaused and self.transport is not None:
+            self._readingPaused = False
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if self.connection is not None:
+            self.connection.sendBufferDrained()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def _checkSendBuffer(self) -> None:
+        """
+        Stop reading from the relay while our replies to it pile up unread:
+        memory stays bounded whatever it sends.
+        """
+        transport: Any = self.transport
+        if not self._readingPaused and transport is not None and _twisted.pendingBytes(transport) > SEND_BUFFER_CAP:
+            self._readingPaused = True
+            transport.pauseProducing()
+
+    # Services.
+
+    def setService(self, service: SSHService) -> None:
+        """
+        Called by the user auth service once the relay accepted us: the
+        connection service takes over.
+        """
+        if self._phase is not _Phase.AUTH:
+            raise ProtocolError("a service was started out of turn")
+        self._phase = _Phase.CONNECTED
+        from .connection import RelayConnection
+
+        if isinstance(service, RelayConnection):
+            self.connection = service
+        self._startService(service)
+
+    def _startService(self, service: SSHService) -> None:
+        if self.service is not None:
+            self.service.serviceStopped()
+        self.service = service
+        service.transport = self  # type: ignore[assignment]
+        service.serviceStarted()
+
+    # Ending.
 
     def forwardGranted(self, port: int) -> None:
         """
@@ -265,48 +674,124 @@ class RelayTransport(transport.SSHClientTransport):
         if not self.ready.called:
             self.ready.callback(port)
 
+    @property
+    def failure(self) -> TunnelError | None:
+        """
+        Why this connection failed or ended, if it did for a known reason.
+        """
+        return self._failure
+
+    @property
+    def phase(self) -> str:
+        """
+        How far the connection got, for operators.
+        """
+        if self._phase is _Phase.CONNECTED and not self.ready.called:
+            return "waiting for the forward"
+        return self._phase.value
+
     def fail(self, error: TunnelError) -> None:
         """
         Record why this connection cannot serve (the first reason wins) and
         fail C{ready}; whoever called this closes the connection.
         """
+        self._fail(error)
+
+    def _fail(self, error: TunnelError) -> None:
         if self._failure is None:
             self._failure = error
         if not self.ready.called:
             self.ready.errback(error)
 
-    def receiveError(self, reasonCode: int, description: bytes) -> None:
-        self.fail(
-            TunnelError(
-                f"relay disconnected: {description.decode('utf-8', 'replace')} (code {reasonCode})",
-                "disconnected",
-            )
-        )
-        super().receiveError(reasonCode, description)
+    def sendDisconnect(self, reason: int, description: bytes) -> None:
+        """
+        Say why, then close (Conch's services call this too).
+        """
+        if self._phase is _Phase.CLOSED:
+            return
+        self._kex = None
+        self._sendNow(MSG_DISCONNECT, uint32(reason) + string(description) + string(b""))
+        self._phase = _Phase.CLOSED
+        self.loseConnection()
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        message = reason.getErrorMessage() if reason is not None else "connection lost"
-        if self._failure is not None:
-            message = str(self._failure)
-        if not self.ready.called:
-            self.ready.errback(TunnelError(f"connection to relay lost: {message}", "connection_lost"))
-        super().connectionLost(reason)
-        self.whenLost.callback(message)
+    def _protocolError(self, error: ProtocolError) -> None:
+        self._fail(error)
+        self.sendDisconnect(error.code, str(error).encode("utf-8", "replace")[:200])
+
+    def loseConnection(self) -> None:
+        """
+        Close once our DISCONNECT is flushed, or after L{CLOSE_DEADLINE}
+        seconds if the relay does not read it.
+        """
+        self._phase = _Phase.CLOSED
+        transport: Any = self.transport
+        if transport is None:
+            return
+        transport.unregisterProducer()
+        transport.loseConnection()
+        if self._closeTimer is None:
+            self._closeTimer = self.clock.callLater(CLOSE_DEADLINE, transport.abortConnection)
+
+    def abortConnection(self) -> None:
+        self._phase = _Phase.CLOSED
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
 
-class RelayTransportFactory(protocol.ClientFactory[RelayTransport]):
+def _allowedDuringKex(messageType: int) -> bool:
+    """
+    RFC 4253 section 7.1: between KEXINIT and NEWKEYS only transport-layer
+    generic messages (1 to 19, not the service ones) and key exchange ones.
+    """
+    if 1 <= messageType <= 19:
+        return messageType not in (MSG_SERVICE_REQUEST, MSG_SERVICE_ACCEPT, MSG_EXT_INFO)
+    return messageType in _KEX_MESSAGES and messageType != MSG_KEXINIT
+
+
+def _setNotSentLowWater(tcp: Any) -> None:
+    """
+    Keep at most L{NOTSENT_LOWAT} unsent bytes in the kernel (Linux, macOS),
+    so that what waits, waits in our queue; skipped where the OS has no such
+    option.
+    """
+    import socket
+
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    sock = getattr(tcp, "socket", None)
+    if option is None or sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, NOTSENT_LOWAT)
+    except OSError:
+        pass
+
+
+class RelayTransportFactory(protocol.ClientFactory):
     """
     Builds L{RelayTransport}s.
 
+    @ivar clock: schedules re-keys and close deadlines.
     @ivar credentials: what the next connection logs in with (set before
         each attempt: a certificate may have been renewed since the last).
     @ivar makeUserAuth: given the transport, returns the user-auth service
-        (wrapping the connection service) to request once keys are exchanged.
+        (wrapping the connection service) to start once the relay accepts it.
+    @ivar rekey: when the connector re-keys on its own.
+    @ivar ciphers: the ciphers offered, best first.
     """
 
     noisy = False
+    protocol = RelayTransport  # type: ignore[assignment]
 
-    def __init__(self, makeUserAuth: Callable[[RelayTransport], RelayUserAuth]) -> None:
+    def __init__(
+        self,
+        clock: Any,
+        makeUserAuth: Callable[[RelayTransport], SSHService],
+        rekey: RekeyPolicy | None = None,
+        ciphers: Sequence[bytes] = CIPHER_PREFERENCE,
+    ) -> None:
+        self.clock = clock
         self.credentials: Credentials
         self.makeUserAuth = makeUserAuth
-        self.protocol = RelayTransport
+        self.rekey = rekey or RekeyPolicy()
+        self.ciphers = list(ciphers)

@@ -151,7 +151,7 @@ class CheckTests(TunnelTestCase):
         result = self.check(*self.connectorArgs(), "--forward-dest-allowlist", f"127.0.0.1:{server.port}")
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         lines = result.stdout.splitlines()
-        self.assertEqual([line.split()[0] for line in lines], ["ok"] * 6, lines)
+        self.assertEqual([line.split()[0] for line in lines], ["ok"] * 7, lines)
         self.assertIn(f"host key verified ({self.relay.fingerprint})", result.stdout)
         self.assertRegex(result.stdout, r"forward granted \(relay port \d+\)")
         self.assertIn(f"destination 127.0.0.1:{server.port} reachable", result.stdout)

@@ -1,49 +1,36 @@
 """
-The stream protocol in memory: whatever bytes arrive, split anywhere, it
-never raises, and it either waits for more or answers with a valid SOCKS
-reply and closes the channel.
+One stream in memory, on a fake channel that implements L{IStreamTransport}:
+whatever bytes arrive, split anywhere, it never raises and either waits or
+answers with a valid SOCKS reply and closes; the handshake clock measures the
+client, not our queue; once spliced, bytes, half-close, timeouts and letting
+go; one record per stream, reported once.
 """
 
 from __future__ import annotations
 
 import itertools
+import struct
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from incident_connector.allowlist import Allowlist
+from incident_connector.budget import Budget
 from incident_connector.metrics import ConnectorMetrics
+from incident_connector.opening import OpeningSettings
+from incident_connector.results import StreamRecord, StreamResult
+from incident_connector.splice import FLUSH_DEADLINE, Splice, SpliceSettings
 from incident_connector.stream import ForwardedStream, StreamSettings
+from incident_connector.tunnel.channel import ForwardedChannel
+from incident_connector.tunnel.interfaces import IStreamProtocol, IStreamTransport
 
-
-class FakeConnection:
-    """
-    The parts of an SSH connection a channel talks to, recording what it says.
-    """
-
-    gathered = None
-
-    def __init__(self) -> None:
-        self.sent = b""
-        self.closed = False
-
-    def sendPackets(self, channel: Any, packets: list[bytes]) -> None:
-        assert not self.closed, "data after close"
-        self.sent += b"".join(packets)
-
-    def sendEOF(self, channel: Any) -> None:
-        pass
-
-    def sendClose(self, channel: Any) -> None:
-        self.closed = True
-        channel.localClosed = True
-
-    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
-        channel.localWindowLeft += bytesToAdd
-
+from .fakes import DestinationTransport, FakeChannel
 
 METRICS = ConnectorMetrics()
 
@@ -53,22 +40,75 @@ VALID_FINAL = {
     4: lambda sent: sent == b"" or (len(sent) == 8 and sent[:2] == b"\x00\x5b"),
 }
 
-
-def feed(allowlist: str, data: bytes, cuts: list[int]) -> tuple[FakeConnection, ForwardedStream, MemoryReactorClock]:
-    reactor = MemoryReactorClock()
-    streamSettings = StreamSettings(reactor=reactor, allowlist=Allowlist.parse(allowlist), metrics=METRICS)
-    conn = FakeConnection()
-    stream = ForwardedStream(streamSettings, remoteWindow=1 << 20, remoteMaxPacket=32768, conn=conn)  # type: ignore[arg-type]
-    stream.channelOpen(b"")
-    points = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
-    for start, end in itertools.pairwise(points):
-        if conn.closed:
-            break
-        stream.dataReceived(data[start:end])
-    return conn, stream, reactor
+CONNECT = b"\x05\x01\x00" + b"\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack(">H", 5432)
 
 
-class StreamPropertyTests(SynchronousTestCase):
+class Harness:
+    """
+    A stream on a fake channel, with an in-memory reactor for dials and timers.
+    """
+
+    def __init__(
+        self, allowlist: str = "", idle: float = 0.0, halfClose: float = 300.0, handshake: float = 10.0
+    ) -> None:
+        self.reactor = MemoryReactorClock()
+        self.records: list[StreamRecord] = []
+        self.budget = Budget(1 << 30, self.reactor)
+        parsed = Allowlist.parse(allowlist)
+        self.settings = StreamSettings(
+            OpeningSettings(self.reactor, lambda: parsed, METRICS, 10.0, handshake),
+            SpliceSettings(self.reactor, idle, halfClose, self.budget),
+            METRICS,
+            [self.records.append],
+        )
+        self.channel = FakeChannel()
+        self.stream = ForwardedStream(self.settings)
+        self.channel.protocol = self.stream
+        self.stream.makeConnection(self.channel)
+
+    def feed(self, data: bytes, cuts: list[int] = []) -> None:  # noqa: B006
+        points = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+        for start, end in itertools.pairwise(points):
+            if self.channel.closed:
+                break
+            self.stream.dataReceived(data[start:end])
+
+    def accept(self) -> DestinationTransport:
+        """
+        The destination the stream dialled accepts.
+        """
+        host, port, factory, _timeout, _bind = self.reactor.tcpClients[-1]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = DestinationTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 40000), peerAddress=IPv4Address("TCP", host, port)
+        )
+        # The endpoint's wrapper fires the dial's Deferred from connectionMade.
+        protocol.makeConnection(transport)
+        transport.protocol = protocol._wrappedProtocol
+        return transport
+
+    @property
+    def record(self) -> StreamRecord:
+        [record] = self.records
+        return record
+
+
+class ContractTests(SynchronousTestCase):
+    def test_interfaces(self) -> None:
+        harness = Harness()
+        self.assertTrue(verifyObject(IStreamTransport, harness.channel))
+        self.assertTrue(verifyObject(IStreamProtocol, harness.stream))
+
+    def test_compactPerStreamObjects(self) -> None:
+        """
+        The objects a stream keeps have slots, no per-instance dictionary.
+        """
+        for cls in (ForwardedStream, ForwardedChannel, Splice, StreamRecord):
+            self.assertFalse(hasattr(cls, "__dict__") and "__dict__" in cls.__dict__.get("__slots__", ()), cls)
+            self.assertIn("__slots__", cls.__dict__, cls)
+
+
+class HandshakeTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(
         st.one_of(
@@ -80,21 +120,139 @@ class StreamPropertyTests(SynchronousTestCase):
         st.lists(st.integers(min_value=0, max_value=400), max_size=8),
     )
     def test_arbitraryBytes(self, data: bytes, cuts: list[int]) -> None:
-        conn, _stream, reactor = feed("none", data, cuts)
-        if conn.closed:
+        harness = Harness("none")
+        harness.feed(data, cuts)
+        channel = harness.channel
+        if channel.closed:
             version = data[0] if data else 0
             if version in VALID_FINAL:
-                self.assertTrue(VALID_FINAL[version](conn.sent), (data, conn.sent))
+                self.assertTrue(VALID_FINAL[version](channel.sent), (data, channel.sent))
             else:
-                self.assertEqual(conn.sent, b"")
+                self.assertEqual(channel.sent, b"")
         else:
             # Still waiting for more: the handshake timeout will close it.
-            reactor.advance(10)
-            self.assertTrue(conn.closed)
+            harness.reactor.advance(10)
+            self.assertTrue(channel.closed)
+        self.assertEqual(len(harness.records), 1)
 
     def test_deniedRequestAnswered(self) -> None:
         request = b"\x05\x01\x00" + b"\x05\x01\x00\x03\x02db\x00\x50"
         for split in range(1, len(request)):
-            conn, _stream, _ = feed("none", request, [split])
-            self.assertTrue(conn.closed)
-            self.assertEqual(conn.sent, b"\x05\x00" + bytes([5, 2, 0, 1, 0, 0, 0, 0, 0, 0]))
+            harness = Harness("none")
+            harness.feed(request, [split])
+            self.assertTrue(harness.channel.closed)
+            self.assertEqual(harness.channel.sent, b"\x05\x00" + bytes([5, 2, 0, 1, 0, 0, 0, 0, 0, 0]))
+            self.assertEqual(harness.record.result, StreamResult.DENIED)
+            self.assertEqual(harness.record.requested, "db:80")
+            self.assertEqual(harness.record.reply, 2)
+
+    def test_clockStopsWhileOurReplyWaits(self) -> None:
+        """
+        On a busy relay link our method reply may wait: the client's time
+        starts when it is out, not when it was written.
+        """
+        harness = Harness(handshake=10)
+        sent: defer.Deferred[None] = defer.Deferred()
+        harness.channel.whenSent = lambda: sent  # type: ignore[method-assign]
+        harness.feed(b"\x05\x01\x00")
+        harness.reactor.advance(60)
+        self.assertFalse(harness.channel.closed)
+        sent.callback(None)
+        harness.reactor.advance(9)
+        self.assertFalse(harness.channel.closed)
+        harness.reactor.advance(1)
+        self.assertTrue(harness.channel.closed)
+        self.assertEqual(harness.record.result, StreamResult.TIMEOUT)
+
+
+class SpliceTests(SynchronousTestCase):
+    def spliced(self, **kw: Any) -> tuple[Harness, DestinationTransport]:
+        harness = Harness(**kw)
+        harness.feed(CONNECT)
+        self.assertTrue(harness.channel.held, "no payload until the destination accepts")
+        destination = harness.accept()
+        self.assertFalse(harness.channel.held)
+        self.assertEqual(harness.channel.sent[2:4], b"\x05\x00")
+        return harness, destination
+
+    def test_bytesBothWays(self) -> None:
+        harness, destination = self.spliced()
+        harness.stream.dataReceived(b"up")
+        harness.stream.dataSequenceReceived([b"a", b"b"])
+        destination.protocol.dataReceived(b"down")
+        self.assertEqual(destination.value(), b"upab")
+        self.assertTrue(harness.channel.sent.endswith(b"down"))
+        harness.stream.connectionLost(_done())
+        self.assertEqual((harness.record.up, harness.record.down), (4, 4))
+        self.assertEqual(harness.record.result, StreamResult.OK)
+        self.assertEqual(harness.record.dialled, "127.0.0.1:5432")
+
+    def test_payloadBeforeReply(self) -> None:
+        """
+        Bytes the client sent right after its request reach the destination first.
+        """
+        harness = Harness()
+        harness.feed(CONNECT + b"early")
+        harness.stream.dataReceived(b" bird")
+        destination = harness.accept()
+        self.assertEqual(destination.value(), b"early bird")
+
+    def test_halfCloseBothWays(self) -> None:
+        harness, destination = self.spliced()
+        harness.stream.dataReceived(b"request")
+        harness.stream.readConnectionLost()
+        self.assertEqual(destination.shutAfter, b"request")
+        destination.protocol.dataReceived(b"answer")
+        destination.protocol.readConnectionLost()
+        self.assertTrue(harness.channel.eofSent)
+        self.assertIsNotNone(destination.closedAfter)
+
+    def test_idleTimeoutLetsGo(self) -> None:
+        """
+        An idle stream is closed; a destination that never flushes is aborted
+        after the flush deadline, so its descriptor and buffer go.
+        """
+        harness, destination = self.spliced(idle=5)
+        harness.reactor.advance(5)
+        self.assertTrue(harness.channel.closed)
+        self.assertEqual(harness.record.result, StreamResult.IDLE)
+        self.assertFalse(destination.aborted)
+        harness.reactor.advance(FLUSH_DEADLINE)
+        self.assertTrue(destination.aborted)
+
+    def test_halfCloseTimeout(self) -> None:
+        harness, destination = self.spliced(halfClose=30)
+        harness.stream.readConnectionLost()
+        harness.reactor.advance(29)
+        destination.protocol.dataReceived(b"still talking")
+        harness.reactor.advance(29)
+        self.assertFalse(harness.channel.closed)
+        harness.reactor.advance(1)
+        self.assertTrue(harness.channel.closed)
+        self.assertEqual(harness.record.result, StreamResult.HALF_CLOSE_TIMEOUT)
+
+    def test_relayLost(self) -> None:
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        harness, destination = self.spliced()
+        harness.stream.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(harness.record.result, StreamResult.RELAY_LOST)
+        self.assertIsNotNone(destination.closedAfter)
+        harness.reactor.advance(FLUSH_DEADLINE)
+        self.assertTrue(destination.aborted)
+
+    def test_destinationClosesFirst(self) -> None:
+        harness, destination = self.spliced()
+        destination.protocol.dataReceived(b"bye")
+        destination.protocol.connectionLost(_done())
+        self.assertTrue(harness.channel.closed)
+        self.assertEqual(harness.record.result, StreamResult.OK)
+        self.assertEqual(len(harness.records), 1)
+
+
+def _done() -> Any:
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    return Failure(ConnectionDone())

@@ -1,0 +1,215 @@
+"""
+The relay connection's scheduler and flow control, in memory against Conch's
+server: control messages overtake queued channel data, channels take turns
+(light ones first), nothing is lost or reordered within a channel whatever
+the interleaving, and back-pressure holds both ways.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from incident_connector.tunnel.channel import HIGH_WATER, LOCAL_WINDOW, ForwardedChannel
+from incident_connector.tunnel.connection import CONGESTION
+from incident_connector.tunnel.interfaces import IStreamTransport
+
+from .sshpeer import Pair, PeerChannel, openForwarded
+
+
+class Producer:
+    paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class ScheduledPair:
+    """
+    A logged-in pair whose relay socket takes only C{room} bytes until the
+    test "drains" it.
+    """
+
+    def __init__(self, channels: int) -> None:
+        self.pair = Pair()
+        self.pair.flush()
+        self.room = 1 << 30
+        client = self.pair.client
+        client.sendRoom = lambda: self.room  # type: ignore[method-assign]
+        send = client.sendChannelData
+
+        def sendChannelData(packets: list[tuple[int, bytes]]) -> None:
+            # What the socket took is no longer room.
+            self.room -= sum(len(data) for _, data in packets)
+            send(packets)
+
+        client.sendChannelData = sendChannelData  # type: ignore[method-assign]
+        assert self.pair.connection is not None
+        self.connection = self.pair.connection
+        self.peers: list[PeerChannel] = [openForwarded(self.pair.peer) for _ in range(channels)]
+        self.pair.flush()
+        self.channels: list[ForwardedChannel] = [stream.channel for stream in self.pair.streams]
+
+    def drain(self, room: int) -> None:
+        """
+        The socket takes C{room} more bytes; what it took reaches the relay.
+        """
+        self.room = room
+        self.connection.sendBufferDrained()
+        self.pair.flush()
+        self.room = 0
+
+    def order(self) -> list[int]:
+        """
+        Which of our channels each data packet came from, in order.
+        """
+        ids = {channel.remoteId: n for n, channel in enumerate(self.channels)}
+        return [ids[recipient] for recipient, _ in self.pair.server.data]
+
+
+class SchedulerTests(SynchronousTestCase):
+    def test_channelIsAStreamTransport(self) -> None:
+        pair = ScheduledPair(1)
+        self.assertTrue(verifyObject(IStreamTransport, pair.channels[0]))
+
+    def test_controlOvertakesQueuedData(self) -> None:
+        """
+        With data waiting for a busy socket, a keepalive goes out at once.
+        """
+        pair = ScheduledPair(2)
+        pair.room = 0
+        for channel in pair.channels:
+            channel.write(b"d" * 200_000)
+        pair.pair.flush()
+        self.assertEqual(pair.pair.server.data, [])
+        pair.connection._sendKeepalive()
+        pair.pair.flush()
+        self.assertEqual(pair.pair.server.seen[-1], 80)
+        self.assertEqual(pair.pair.server.data, [])
+        pair.drain(1 << 30)
+        self.assertEqual(sum(length for _, length in pair.pair.server.data), 400_000)
+
+    def test_roundRobin(self) -> None:
+        """
+        Bulk channels take one packet each in turn.
+        """
+        pair = ScheduledPair(3)
+        for channel in pair.channels:
+            channel.sent = 1 << 20  # all bulk
+        pair.room = 0
+        for channel in pair.channels:
+            channel.write(b"b" * (4 * 32768))
+        for _ in range(12):
+            pair.drain(1)
+        self.assertEqual(pair.order(), [0, 1, 2] * 4)
+
+    def test_lightFirst(self) -> None:
+        """
+        A channel that has sent little (a handshake reply, an interactive
+        stream) goes ahead of a bulk transfer's queue.
+        """
+        pair = ScheduledPair(2)
+        bulk, light = pair.channels
+        pair.room = 0
+        bulk.write(b"b" * (8 * 32768))
+        pair.drain(3 * 32768)
+        light.write(b"\x05\x00")
+        pair.drain(1)
+        self.assertEqual(pair.order(), [0, 0, 0, 1])
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("write"), st.integers(0, 2), st.integers(1, 70_000)),
+                st.tuples(st.just("drain"), st.integers(0, 200_000), st.just(0)),
+                st.tuples(st.just("ping"), st.just(0), st.just(0)),
+            ),
+            max_size=25,
+        )
+    )
+    def test_nothingLostOrReordered(self, steps: list[tuple[str, int, int]]) -> None:
+        pair = ScheduledPair(3)
+        pair.room = 0
+        written = [b"", b"", b""]
+        counter = 0
+        for kind, index, size in steps:
+            if kind == "write":
+                data = bytes([counter % 251]) * size
+                counter += 1
+                pair.channels[index].write(data)
+                written[index] += data
+            elif kind == "drain":
+                pair.drain(index)
+            else:
+                pair.connection._sendKeepalive()
+        pair.drain(1 << 30)
+        self.assertEqual([peer.received for peer in pair.peers], written)
+
+
+class FlowControlTests(SynchronousTestCase):
+    def test_producerPausedPastHighWater(self) -> None:
+        pair = ScheduledPair(1)
+        channel = pair.channels[0]
+        producer = Producer()
+        channel.registerProducer(producer, True)
+        pair.room = 0
+        channel.write(b"x" * (HIGH_WATER + 1))
+        self.assertTrue(producer.paused)
+        pair.drain(1 << 30)
+        self.assertFalse(producer.paused)
+
+    def test_congestionPausesEveryone(self) -> None:
+        pair = ScheduledPair(3)
+        producers = [Producer() for _ in pair.channels]
+        for channel, producer in zip(pair.channels, producers, strict=True):
+            channel.registerProducer(producer, True)
+        pair.room = 0
+        pair.channels[0].write(b"x" * 64)
+        pair.channels[1].write(b"y" * (CONGESTION + 1))
+        self.assertTrue(pair.connection.congested)
+        self.assertEqual([p.paused for p in producers], [True, True, False])
+        pair.drain(1 << 30)
+        self.assertEqual([p.paused for p in producers], [False, False, False])
+
+    def test_windowHeldWhileDestinationFull(self) -> None:
+        """
+        The relay gets no more window while the stream holds it, and gets it
+        back at once when released.
+        """
+        pair = ScheduledPair(1)
+        channel, peer = pair.channels[0], pair.peers[0]
+        channel.pauseProducing()
+        peer.write(b"z" * (LOCAL_WINDOW // 2 + 1))
+        pair.pair.flush()
+        self.assertLess(peer.remoteWindowLeft, LOCAL_WINDOW // 2)
+        channel.resumeProducing()
+        pair.pair.flush()
+        self.assertEqual(peer.remoteWindowLeft, LOCAL_WINDOW)
+
+    def test_windowNotExceeded(self) -> None:
+        """
+        Never more than the relay's window goes out; the rest waits for its
+        adjustment.
+        """
+        pair = Pair()
+        pair.flush()
+        pair.peer.holdWindows = True
+        peer = openForwarded(pair.peer, window=1000)
+        pair.flush()
+        stream = pair.streams[0]
+        stream.channel.write(b"w" * 5000)
+        pair.flush()
+        self.assertEqual(len(peer.received), 1000)
+        pair.peer.holdWindows = False
+        peer.conn.adjustWindow(peer, 4000)
+        pair.flush()
+        self.assertEqual(len(peer.received), 5000)

@@ -1,0 +1,275 @@
+"""
+Our SSH client transport against Conch's own SSH server, in memory: every key
+exchange method and cipher both know, re-keys started by either side with
+streams flowing, strict key exchange, negotiation errors that name both
+lists, and a relay that sends what it should not.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.conch.ssh import transport as conch
+from twisted.conch.ssh.common import NS
+from twisted.trial.unittest import SynchronousTestCase
+
+from incident_connector.tunnel.errors import ProtocolError, TunnelError
+from incident_connector.tunnel.kex import KEX_PREFERENCE, STRICT_SERVER
+from incident_connector.tunnel.transport import RekeyPolicy
+
+from .sshpeer import FORWARD_PORT, Pair, PeerTransport, openForwarded
+from .sshpeer import PeerConnection as PeerConnectionBase
+
+
+def failureOf(pair: Pair) -> TunnelError:
+    """
+    Why the client's attempt failed.
+    """
+    assert pair.client.ready.called
+    result = pair.client.ready.result  # type: ignore[attr-defined]
+    pair.client.ready.addErrback(lambda _: None)
+    assert isinstance(result.value, TunnelError), result
+    return result.value
+
+
+class HandshakeTests(SynchronousTestCase):
+    def test_everyKeyExchangeBothKnow(self) -> None:
+        """
+        Each key exchange method Conch's server also has ends in the forward.
+        """
+        common = [k for k in KEX_PREFERENCE if k in PeerTransport.supportedKeyExchanges]
+        self.assertIn(b"mlkem768x25519-sha256", common)
+        self.assertIn(b"curve25519-sha256", common)
+        for kex in common:
+            pair = Pair(serverKex=[kex])
+            pair.flush()
+            self.assertEqual(pair.client.ready.result, FORWARD_PORT, kex)  # type: ignore[attr-defined]
+            self.assertEqual(pair.client.negotiated.kex, kex)  # type: ignore[union-attr]
+
+    def test_everyCipherAndMACBothKnow(self) -> None:
+        for cipher in (b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"):
+            for mac in (b"hmac-sha2-256", b"hmac-sha2-512"):
+                pair = Pair(serverCiphers=[cipher], serverMACs=[mac])
+                pair.flush()
+                self.assertEqual(pair.client.ready.result, FORWARD_PORT, (cipher, mac))  # type: ignore[attr-defined]
+
+    def test_noCommonMAC(self) -> None:
+        """
+        One line names the part that failed and both sides' lists.
+        """
+        pair = Pair(serverCiphers=[b"aes128-ctr"], serverMACs=[b"hmac-sha1"])
+        pair.flush()
+        error = failureOf(pair)
+        self.assertEqual(error.reason, "negotiation")
+        self.assertEqual(
+            str(error),
+            "no common MAC (connector to relay): relay offers hmac-sha1; connector supports "
+            "hmac-sha2-256-etm@openssh.com, hmac-sha2-512-etm@openssh.com, hmac-sha2-256, hmac-sha2-512",
+        )
+
+    def test_noCommonCipher(self) -> None:
+        pair = Pair(serverCiphers=[b"aes256-cbc"])
+        pair.flush()
+        self.assertIn("no common cipher (connector to relay): relay offers aes256-cbc;", str(failureOf(pair)))
+
+    def test_userAuthOnce(self) -> None:
+        """
+        The client asks for ssh-userauth once, after the first key exchange only.
+        """
+        pair = Pair()
+        pair.flush()
+        pair.server.sendKexInit()
+        pair.flush()
+        pair.server.sendKexInit()
+        pair.flush()
+        self.assertEqual(pair.client.rekeys, 2)
+        self.assertEqual(pair.server.seen.count(conch.MSG_SERVICE_REQUEST), 1)
+        self.assertFalse(pair.serverIO.disconnecting)
+
+
+class RekeyTests(SynchronousTestCase):
+    def established(self, **kw: object) -> Pair:
+        pair = Pair(**kw)  # type: ignore[arg-type]
+        pair.flush()
+        self.assertEqual(pair.client.ready.result, FORWARD_PORT)  # type: ignore[attr-defined]
+        return pair
+
+    def test_relayRekeysWithStreamsFlowing(self) -> None:
+        """
+        The relay re-keys while a channel carries data both ways: nothing is
+        lost, duplicated or reordered, and the connection carries on.
+        """
+        pair = self.established()
+        channel = openForwarded(pair.peer)
+        pair.flush()
+        stream = pair.streams[0]
+        sentDown = b""
+        for n in range(20):
+            piece = b"%05d" % n * 1000
+            channel.write(piece)
+            stream.channel.write(piece[::-1])
+            sentDown += piece[::-1]
+            if n in (3, 11):
+                pair.server.sendKexInit()
+            pair.flush()
+        self.assertEqual(pair.client.rekeys, 2)
+        self.assertEqual(b"".join(stream.received), b"".join(b"%05d" % n * 1000 for n in range(20)))
+        self.assertEqual(channel.received, sentDown)
+
+    def test_connectorRekeysByVolume(self) -> None:
+        pair = self.established(rekey=RekeyPolicy(limit=64 * 1024))
+        channel = openForwarded(pair.peer)
+        pair.flush()
+        stream = pair.streams[0]
+        for _ in range(10):
+            stream.channel.write(b"x" * 32768)
+            pair.flush()
+        self.assertEqual(len(channel.received), 10 * 32768)
+        self.assertGreaterEqual(pair.server.seen.count(conch.MSG_KEXINIT), 3)
+        self.assertGreaterEqual(pair.client.rekeys, 2)
+
+    def test_connectorRekeysByTime(self) -> None:
+        pair = self.established(rekey=RekeyPolicy(interval=3600))
+        pair.clock.advance(3600)
+        pair.flush()
+        self.assertEqual(pair.client.rekeys, 1)
+        pair.clock.advance(3600)
+        pair.flush()
+        self.assertEqual(pair.client.rekeys, 2)
+
+
+class _StrictButChatty(PeerTransport):
+    """
+    Says it does strict key exchange, then sends IGNORE before NEWKEYS.
+    """
+
+    supportedKeyExchanges = [b"curve25519-sha256", STRICT_SERVER]
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        super().ssh_KEXINIT(packet)
+        self.sendIgnore(b"terrapin")
+
+
+class StrictKexTests(SynchronousTestCase):
+    def test_messageDuringStrictKex(self) -> None:
+        pair = Pair(server=_StrictButChatty())
+        pair.flush()
+        error = failureOf(pair)
+        self.assertIn("strict key exchange", str(error))
+        self.assertEqual(error.reason, "negotiation")
+
+    def test_nonStrictRelayMayChat(self) -> None:
+        class Chatty(PeerTransport):
+            def ssh_KEXINIT(self, packet: bytes) -> None:
+                super().ssh_KEXINIT(packet)
+                self.sendIgnore(b"fine without strict kex")
+
+        pair = Pair(server=Chatty())
+        pair.flush()
+        self.assertEqual(pair.client.ready.result, FORWARD_PORT)  # type: ignore[attr-defined]
+
+    def test_strictOffered(self) -> None:
+        """
+        The connector's first KEXINIT carries the strict marker; re-keys do not.
+        """
+        pair = Pair()
+        pair.flush()
+        self.assertIn(b"kex-strict-c-v00@openssh.com", pair.server.otherKexInitPayload)
+        pair.server.sendKexInit()
+        pair.flush()
+        self.assertNotIn(b"kex-strict-c-v00@openssh.com", pair.server.otherKexInitPayload)
+
+
+class HostileRelayTests(SynchronousTestCase):
+    """
+    Whatever the relay sends, the connection ends with one L{ProtocolError}
+    (or carries on), never an exception out of C{dataReceived}.
+    """
+
+    def established(self) -> Pair:
+        pair = Pair()
+        pair.flush()
+        return pair
+
+    def endedWith(self, pair: Pair, text: str) -> None:
+        pair.flush()
+        failure = pair.client.failure
+        self.assertIsInstance(failure, ProtocolError)
+        self.assertIn(text, str(failure))
+        self.assertTrue(pair.clientIO.disconnecting or pair.clientIO.disconnected)
+
+    def test_serviceAcceptAfterLogin(self) -> None:
+        pair = self.established()
+        pair.server.sendPacket(conch.MSG_SERVICE_ACCEPT, NS(b"ssh-userauth"))
+        self.endedWith(pair, "SERVICE_ACCEPT although no service was requested")
+
+    def test_unrequestedSuccess(self) -> None:
+        pair = self.established()
+        pair.server.sendPacket(81, b"")
+        self.endedWith(pair, "REQUEST_SUCCESS unasked")
+
+    def test_maxPacketZero(self) -> None:
+        pair = self.established()
+        opened = NS(b"forwarded-tcpip") + struct.pack(">3L", 1000, 1 << 20, 0)
+        pair.server.sendPacket(90, opened + NS(b"127.0.0.1") + struct.pack(">L", 1) + NS(b"::1") + struct.pack(">L", 2))
+        self.endedWith(pair, "maximum packet size of 0")
+
+    def test_truncatedChannelOpen(self) -> None:
+        pair = self.established()
+        pair.server.sendPacket(90, NS(b"forwarded-tcpip") + struct.pack(">L", 1))
+        self.endedWith(pair, "malformed CHANNEL_OPEN")
+
+    def test_dataForUnknownChannel(self) -> None:
+        pair = self.established()
+        pair.server.sendPacket(94, struct.pack(">L", 77) + NS(b"boo"))
+        self.endedWith(pair, "unknown channel 77")
+
+    def test_userAuthMessageAfterLogin(self) -> None:
+        pair = self.established()
+        pair.server.sendPacket(52, b"")
+        self.endedWith(pair, "user-auth message 52 outside authentication")
+
+    def test_unknownChannelType(self) -> None:
+        """
+        Refused with OPEN_FAILURE, counted every time, logged once a minute.
+        """
+        pair = self.established()
+        for n in range(5):
+            pair.server.sendPacket(90, NS(b"x11\x1b[31m") + struct.pack(">3L", 1000 + n, 1000, 1000))
+        pair.flush()
+        self.assertIsNone(pair.client.failure)
+        refused = pair.metrics.relayRefusals.labels(kind="channel_type")._value.get()
+        self.assertEqual(refused, 5)
+        self.assertEqual(pair.server.seen.count(92), 5)
+
+    def test_unknownMessageAnswered(self) -> None:
+        pair = self.established()
+        pair.server.sendPacket(200, b"what")
+        pair.flush()
+        self.assertIsNone(pair.client.failure)
+        self.assertIn(conch.MSG_UNIMPLEMENTED, pair.server.seen)
+
+    def test_disconnectTextEscaped(self) -> None:
+        pair = self.established()
+        pair.server.sendDisconnect(11, b"bye\n\x1b[2Jnow" + b"x" * 10000)
+        pair.flush()
+        message = str(pair.client.failure)
+        self.assertTrue(message.startswith("relay disconnected: bye\\n\\x1b[2Jnow"), message)
+        self.assertNotIn("\x1b", message)
+        self.assertNotIn("\n", message)
+        self.assertLess(len(message), 300)
+
+    def test_forwardWithoutPort(self) -> None:
+        class NoPort(PeerTransport):
+            pass
+
+        pair = Pair(server=NoPort())
+        pair.peerFactory.makeConnection = lambda: _NoPortConnection()  # type: ignore[method-assign]
+        pair.flush()
+        error = failureOf(pair)
+        self.assertIn("did not say which port", str(error))
+
+
+class _NoPortConnection(PeerConnectionBase):
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> object:
+        return 1 if requestType == b"tcpip-forward" else 0
