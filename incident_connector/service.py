@@ -118,7 +118,9 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
         )
         top.relays.append(relay)
         relay.setServiceParent(top)
-    strports.service(options["metrics-listen"], makeSite(metrics, top.relays), reactor=reactor).setServiceParent(top)
+    strports.service(
+        options["metrics-listen"], makeSite(metrics, top.relays, reactor), reactor=reactor
+    ).setServiceParent(top)
     if installSignals:
         reactor.addSystemEventTrigger("before", "shutdown", _exitOnSecondSignal)
         reactor.addSystemEventTrigger("during", "shutdown", _cleanExit, reactor)
