@@ -20,6 +20,7 @@ from twisted.python.components import Componentized
 
 from .api import CertificateAPI
 from .credentials import Credentials, StaticCredentials, TokenCredentials
+from .limits import DescriptorLimitError, fitMaxStreams
 from .logs import makeObserver
 from .metrics import ConnectorMetrics
 from .options import Options, fail
@@ -87,6 +88,10 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     """
     metrics = ConnectorMetrics()
     credentials = makeCredentials(options, reactor)
+    try:
+        maxStreams = fitMaxStreams(options["max-streams"], options["connections"])
+    except DescriptorLimitError as e:
+        fail(str(e))
     if isinstance(credentials, TokenCredentials):
         metrics.trackCertificate(credentials.secondsToExpiry)
     settings = StreamSettings(
@@ -105,10 +110,11 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     top = ConnectorService(options, metrics, observer)
     for index in range(options["connections"]):
         # Each connection reconnects on its own, with its own backoff.
+        label = str(index) if options["connections"] > 1 else ""
         relay = RelayService(
             reactor,
             relayEndpoint(options, reactor),
-            relayFactory(options, reactor, metrics, makeStream, label=str(index) if options["connections"] > 1 else ""),
+            relayFactory(options, reactor, metrics, makeStream, maxStreams=maxStreams, label=label),
             credentials,
             metrics,
             options["relay-address"],

@@ -220,6 +220,7 @@ class DeployFilesTests(SynchronousTestCase):
             ("EnvironmentFile", "/etc/incident-connector/env"),
             ("StateDirectory", "incident-connector"),
             ("CapabilityBoundingSet", ""),
+            ("LimitNOFILE", "65536"),
         ]:
             self.assertEqual(service[key], value, key)
         self.assertTrue(service["ExecStart"].endswith("twistd -n --pidfile= incident-connector"))
