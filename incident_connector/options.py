@@ -15,16 +15,21 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from .allowlist import Allowlist, AllowlistError
 from .api import isLoopbackURL
+from .keyfiles import sharedSecretWarning
 from .proxy import proxyFor
 
 ENV_PREFIX = "INCIDENT_CONNECTOR_"
+
+_log = Logger()
 
 
 def envName(option: str) -> str:
@@ -231,6 +236,9 @@ class Options(usage.Options):
         if self["api-token"] is not None:
             return str(self["api-token"]).strip() or None
         if self["api-token-file"] is not None:
+            warning = sharedSecretWarning(Path(self["api-token-file"]), "--api-token-file")
+            if warning is not None:
+                _log.warn("{problem}", problem=warning)
             with open(self["api-token-file"]) as f:
                 return f.read().strip() or None
         return None

@@ -20,6 +20,7 @@ from twisted.python.components import Componentized
 
 from .api import CertificateAPI
 from .credentials import Credentials, StaticCredentials, TokenCredentials
+from .keyfiles import UnsafePermissions, checkPrivateFile
 from .limits import DescriptorLimitError, fitMaxStreams
 from .logs import makeObserver
 from .metrics import ConnectorMetrics
@@ -161,8 +162,9 @@ def makeCredentials(options: Options, reactor: Any) -> StaticCredentials | Token
         except OSError as e:
             fail(f"--state-dir {options['state-dir']!r}: {e.strerror}")
     try:
+        checkPrivateFile(Path(options["identity-file"]))
         key = loadIdentity(options["identity-file"])
-    except ValueError as e:
+    except (ValueError, UnsafePermissions) as e:
         fail(f"--identity-file: {e}")
     certificate = None
     if options["certificate-file"] is not None:
