@@ -486,13 +486,15 @@ class ConnectProxy:
 
     @ivar tunnels: C{host:port} of every tunnel opened.
     @ivar refused: how many CONNECTs it refused.
+    @ivar hosts: names it resolves itself, like a proxy's own DNS (name to address).
     """
 
-    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(self, credentials: tuple[str, str] | None = None, hosts: dict[str, str] | None = None) -> None:
         import base64
 
         self.tunnels: list[str] = []
         self.refused = 0
+        self.hosts = hosts or {}
         expected = None
         if credentials is not None:
             expected = "Basic " + base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
@@ -517,7 +519,8 @@ class ConnectProxy:
                 return
             host, _, port = target.rpartition(":")
             try:
-                upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+                address = proxy.hosts.get(host, host.strip("[]"))
+                upstream = socket.create_connection((address, int(port)), timeout=10)
             except OSError:
                 client.sendall(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
                 return
