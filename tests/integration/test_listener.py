@@ -114,7 +114,8 @@ class ListenerTests(TunnelTestCase):
 
     def test_methods(self) -> None:
         """
-        GET and HEAD are served (Prometheus, probes); anything else gets 405.
+        GET and HEAD are served (Prometheus, probes); anything else gets 405,
+        before any resource sees it.
         """
         base = f"http://127.0.0.1:{self.connector.metricsPort}"
 
@@ -127,6 +128,8 @@ class ListenerTests(TunnelTestCase):
 
         self.assertEqual(code(f"{base}/metrics"), "200")
         self.assertEqual(code("-I", f"{base}/healthz"), "200")
+        # prometheus_client's own application serves GET only.
+        self.assertEqual(code("-I", f"{base}/metrics"), "405")
         self.assertEqual(code("-X", "POST", "--data", "x=1", f"{base}/metrics"), "405")
         self.assertEqual(code("-X", "DELETE", f"{base}/healthz"), "405")
         self.assertEqual(code("-X", "PUT", "--data", "x", f"{base}/readyz"), "405")
