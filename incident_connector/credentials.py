@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .api import CertificateAPI, CredentialsError
-from .keyfiles import createKeyFile
+from .keyfiles import checkPrivateFile, createKeyFile, ensurePrivateDirectory
 from .tunnel.certificates import CertificateError, UserCertificate
 from .tunnel.hostkeys import HostKeyPolicy
 
@@ -65,11 +65,17 @@ class StaticCredentials:
 
 def loadOrCreateKey(stateDir: Path) -> Key:
     """
-    The connector's ed25519 key under C{stateDir}, generated (0600) on first use.
+    The connector's ed25519 key under C{stateDir}, generated (0600) on first
+    use; C{stateDir} is created (0700) if missing.
+
+    @raise UnsafePermissions: others could replace the directory's files or
+        the key, or read the key.
     """
+    ensurePrivateDirectory(stateDir)
     path = stateDir / "id_ed25519"
     if createKeyFile(path):
         _log.info("generated a new ed25519 key at {path}", path=str(path))
+    checkPrivateFile(path)
     return Key.fromFile(str(path))
 
 

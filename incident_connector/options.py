@@ -15,16 +15,21 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from .allowlist import Allowlist, AllowlistError
 from .api import isLoopbackURL
+from .keyfiles import sharedSecretWarning
 from .proxy import proxyFor
 
 ENV_PREFIX = "INCIDENT_CONNECTOR_"
+
+_log = Logger()
 
 
 def envName(option: str) -> str:
@@ -231,12 +236,11 @@ class Options(usage.Options):
         for name in ("identity-file", "known-hosts", "certificate-file", "api-ca-file", "api-token-file"):
             if self[name] is not None and not os.path.isfile(self[name]):
                 raise ConfigurationError(f"--{name} {self[name]!r}: no such file")
+        api = self._apiURL()
         try:
             self.relayProxy = proxyFor(self.relayHost, self.relayPort, self["proxy"], self.environ)
-            api = urlsplit(self["api-url"])
-            self.apiProxy = proxyFor(
-                api.hostname or "", api.port or (443 if api.scheme == "https" else 80), self["proxy"], self.environ
-            )
+            # A proxy would see a loopback API's token in clear, and its own loopback is not ours.
+            self.apiProxy = None if isLoopbackURL(self["api-url"]) else proxyFor(*api, self["proxy"], self.environ)
         except ValueError as e:
             raise ConfigurationError(f"--proxy (or HTTPS_PROXY/ALL_PROXY): {e}") from None
         if self["setup-timeout"] is None:
@@ -248,10 +252,29 @@ class Options(usage.Options):
         else:
             self._validateKey()
 
+    def _apiURL(self) -> tuple[str, int]:
+        """
+        The API's host and port.  Error messages never quote a URL holding
+        a user name or password.
+        """
+        if "@" in self["api-url"]:
+            raise ConfigurationError(
+                "--api-url: remove the user name or password (the part up to @): "
+                "the API token is the only credential, and the URL is logged"
+            )
+        parts = urlsplit(self["api-url"])
+        try:
+            return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ConfigurationError(f"--api-url {self['api-url']!r}: the port is not a number") from None
+
     def _readToken(self) -> str | None:
         if self["api-token"] is not None:
             return str(self["api-token"]).strip() or None
         if self["api-token-file"] is not None:
+            warning = sharedSecretWarning(Path(self["api-token-file"]), "--api-token-file")
+            if warning is not None:
+                _log.warn("{problem}", problem=warning)
             with open(self["api-token-file"]) as f:
                 return f.read().strip() or None
         return None

@@ -24,6 +24,8 @@ from zope.interface import implementer
 
 __all__ = ["HTTPConnectEndpoint", "Proxy", "ProxyError", "proxyFor"]
 
+_ENCODING_HINT = "percent-encode any '#', '/' or '?' in the user name or password (%23, %2F, %3F)"
+
 
 class ProxyError(ConnectError):
     """
@@ -52,14 +54,24 @@ class Proxy:
     def fromURL(cls, url: str) -> Proxy:
         """
         @raise ValueError: not an C{http://[user:password@]host[:port]} URL.
+            The message never quotes the URL or a part of it: it may hold a
+            password (urllib's own errors do quote it, so none gets through).
         """
         parts = urlsplit(url if "://" in url else "http://" + url)
+        try:
+            port = parts.port
+        except ValueError:
+            # A "#", "/" or "?" in the password ends the host part early, and
+            # urllib then reads the start of the password as the port.
+            raise ValueError(f"the port is not a number from 1 to 65535; {_ENCODING_HINT}") from None
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError("expected http://[user:password@]host[:port]")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"expected nothing after host[:port]; {_ENCODING_HINT}")
         credentials = None
         if parts.username is not None:
             credentials = (unquote(parts.username), unquote(parts.password or ""))
-        return cls(parts.hostname, parts.port or 3128, credentials)
+        return cls(parts.hostname, port or 3128, credentials)
 
     def __str__(self) -> str:
         # Never the credentials: this goes into logs.

@@ -22,6 +22,8 @@ from . import _twisted
 from .api import CertificateAPI
 from .budget import Budget
 from .credentials import Credentials, StaticCredentials, TokenCredentials
+from .keyfiles import UnsafePermissions, checkPrivateFile
+from .limits import DescriptorLimitError, fitMaxStreams
 from .logs import makeObserver
 from .metrics import ConnectorMetrics
 from .opening import OpeningSettings
@@ -96,6 +98,10 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     """
     metrics = ConnectorMetrics()
     credentials = makeCredentials(options, reactor)
+    try:
+        maxStreams = fitMaxStreams(options["max-streams"], options["connections"])
+    except DescriptorLimitError as e:
+        fail(str(e))
     if isinstance(credentials, TokenCredentials):
         metrics.trackCertificate(credentials.secondsToExpiry)
     budget = Budget(DESTINATION_BUFFER_CAP, reactor)
@@ -120,17 +126,11 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     top = ConnectorService(options, metrics, observer)
     for index in range(options["connections"]):
         # Each connection reconnects on its own, with its own backoff.
+        label = str(index) if options["connections"] > 1 else ""
         relay = RelayService(
             reactor,
             relayEndpoint(options, reactor),
-            relayFactory(
-                options,
-                reactor,
-                metrics,
-                makeStream,
-                budget=budget,
-                label=str(index) if options["connections"] > 1 else "",
-            ),
+            relayFactory(options, reactor, metrics, makeStream, budget=budget, maxStreams=maxStreams, label=label),
             credentials,
             metrics,
             options["relay-address"],
@@ -142,7 +142,9 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
         )
         top.relays.append(relay)
         relay.setServiceParent(top)
-    strports.service(options["metrics-listen"], makeSite(metrics, top.relays), reactor=reactor).setServiceParent(top)
+    strports.service(
+        options["metrics-listen"], makeSite(metrics, top.relays, reactor), reactor=reactor
+    ).setServiceParent(top)
     if installSignals:
         reactor.addSystemEventTrigger("before", "shutdown", _exitOnSecondSignal)
         reactor.addSystemEventTrigger("during", "shutdown", _cleanExit, reactor)
@@ -177,8 +179,9 @@ def makeCredentials(options: Options, reactor: Any) -> StaticCredentials | Token
         except OSError as e:
             fail(f"--state-dir {options['state-dir']!r}: {e.strerror}")
     try:
+        checkPrivateFile(Path(options["identity-file"]))
         key = loadIdentity(options["identity-file"])
-    except ValueError as e:
+    except (ValueError, UnsafePermissions) as e:
         fail(f"--identity-file: {e}")
     certificate = None
     if options["certificate-file"] is not None:

@@ -1,22 +1,56 @@
-# -*- test-case-name: tests.test_e2e -*-
+# -*- test-case-name: tests.unit.test_web,tests.integration.test_listener -*-
 """
 The HTTP side: C{/metrics} (prometheus_client's own Twisted resource),
 C{/healthz} (the process answers) and C{/readyz} (a forward is granted).
+
+The listener is reachable by anyone who can reach the port, so nothing a
+client sends may grow memory or descriptors without bound:
+
+  - only C{GET} and C{HEAD} are served (405 otherwise);
+  - a request body larger than L{MAX_BODY} bytes, or chunked, is refused with
+    413 as soon as its headers are read, before any of it is read (twisted.web
+    would otherwise spool it to a temporary file);
+  - a connection with no byte either way for L{IDLE_TIMEOUT} seconds is closed;
+  - at most L{MAX_CONNECTIONS} connections are served at once: more are
+    closed as soon as they are accepted.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from io import BytesIO
+from typing import Any, cast
 
 from prometheus_client.twisted import MetricsResource
+from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.protocols import policies
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
 from .metrics import ConnectorMetrics
 from .tunnel.service import RelayService
 
-__all__ = ["makeSite"]
+__all__ = ["IDLE_TIMEOUT", "MAX_BODY", "MAX_CONNECTIONS", "ListenerFactory", "makeSite"]
+
+#: Largest request body accepted, in bytes (held in memory, never on disk).
+MAX_BODY = 4096
+
+#: Seconds a connection may stay silent both ways before it is closed.
+IDLE_TIMEOUT = 5.0
+
+#: Connections served at once; each holds one file descriptor.
+MAX_CONNECTIONS = 64
+
+#: Methods served; anything else gets 405.
+_METHODS = (b"GET", b"HEAD")
+
+_TOO_LARGE = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+_log = Logger()
 
 
 class HealthResource(resource.Resource):
@@ -52,17 +86,63 @@ class HealthResource(resource.Resource):
         return json.dumps(body).encode() + b"\n"
 
 
-def makeSite(metrics: ConnectorMetrics, relays: Sequence[RelayService]) -> server.Site:
+class ProbeRequest(server.Request):
     """
-    The site served on C{--metrics-listen}.
+    A request that never reads a large body and serves only GET and HEAD.
+
+    It relies on three behaviours of C{twisted.web.http.HTTPChannel} (26.10),
+    each asserted by a test in C{tests.unit.test_web}:
+
+      1. C{gotLength} is called once the headers are parsed and before any
+         byte of the body is read, with the C{Content-Length}, or L{None} for
+         a chunked body (C{server.Request.gotLength} is where twisted.web
+         would open C{tempfile.TemporaryFile} for a body of 100 kB or more);
+      2. the C{Expect: 100-continue} answer is decided after C{gotLength}
+         returns, from the request's headers;
+      3. once the transport is disconnecting, the channel parses nothing more
+         of what it already received, and C{loseConnection} stops reading.
     """
-    root = resource.Resource()
-    root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
-    root.putChild(b"healthz", HealthResource(relays, requireForward=False))
-    root.putChild(b"readyz", HealthResource(relays, requireForward=True))
-    site = _QuietSite(root)
-    site.noisy = False
-    return site
+
+    def gotLength(self, length: int | None) -> None:
+        """
+        Called by the channel when the headers are in: refuse a body that is
+        chunked or larger than L{MAX_BODY} with 413 and close the connection.
+        """
+        self.content = BytesIO()
+        if length is not None and length <= MAX_BODY:
+            return
+        # No "100 Continue" after our answer: the channel checks this header next.
+        self.requestHeaders.removeHeader(b"expect")
+        channel = self.channel
+        assert channel is not None
+        channel.write(_TOO_LARGE)
+        channel.loseConnection()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """
+        Called by the channel with each piece of an accepted body.  The
+        channel never passes more than the announced length; this is a guard.
+        """
+        content, channel = self.content, self.channel
+        assert content is not None and channel is not None
+        if content.tell() + len(data) > MAX_BODY:
+            cast(ITCPTransport, channel.transport).abortConnection()
+            return
+        content.write(data)
+
+    def process(self) -> None:
+        """
+        Called once the request is complete: 405 for any method but GET and
+        HEAD, before any resource sees it.
+        """
+        if self.method not in _METHODS:
+            self.setResponseCode(405)
+            self.setHeader(b"allow", b"GET, HEAD")
+            self.setHeader(b"content-type", b"text/plain")
+            self.write(b"method not allowed: use GET or HEAD\n")
+            self.finish()
+            return
+        super().process()
 
 
 class _QuietSite(server.Site):
@@ -70,5 +150,93 @@ class _QuietSite(server.Site):
     No access log: probes scrape every few seconds and would drown the tunnel's own lines.
     """
 
+    requestFactory = ProbeRequest
+
     def log(self, request: object) -> None:
         pass
+
+
+class _ListenerProtocol(policies.TimeoutProtocol):
+    """
+    One connection: closed after L{IDLE_TIMEOUT} seconds with no byte either
+    way, and aborted if it has still not gone one period later (a client
+    that does not read what is left to send).
+    """
+
+    _abortCall: Any = None
+
+    def timeoutFunc(self) -> None:
+        """
+        Called when the connection has been idle for the timeout period.
+        """
+        self.loseConnection()
+        transport = cast(ITCPTransport, self.transport)
+        self._abortCall = self.factory.callLater(self.factory.timeoutPeriod, transport.abortConnection)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._abortCall is not None and self._abortCall.active():
+            self._abortCall.cancel()
+        super().connectionLost(reason)
+
+
+class ListenerFactory(policies.TimeoutFactory):
+    """
+    Wraps the site: idle connections are closed, and beyond C{maxConnections}
+    open ones a new connection is closed as soon as it is accepted (so the
+    listener holds at most that many descriptors, whatever clients do).
+
+    This replaces twisted.web's own idle timeout (C{Site(timeout=...)}),
+    which logs a line each time it closes a connection, and a scrape every
+    15 s would then log one line per scrape.
+
+    @ivar reactor: schedules the timeouts.
+    @ivar maxConnections: connections served at once.
+    """
+
+    protocol = _ListenerProtocol
+
+    def __init__(
+        self,
+        site: server.Site,
+        reactor: IReactorTime,
+        timeout: float = IDLE_TIMEOUT,
+        maxConnections: int = MAX_CONNECTIONS,
+    ) -> None:
+        super().__init__(site, timeout)
+        self.reactor = reactor
+        self.maxConnections = maxConnections
+        self._lastWarning: float | None = None
+
+    def callLater(self, period: float, func: Any) -> Any:
+        return self.reactor.callLater(period, func)
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        """
+        Called for each accepted connection; L{None} makes the reactor close it at once.
+        """
+        if len(self.protocols) >= self.maxConnections:
+            now = self.reactor.seconds()
+            if self._lastWarning is None or now - self._lastWarning >= 60:
+                self._lastWarning = now
+                _log.warn(
+                    "metrics listener: {count} connections open, closing new ones until some end",
+                    count=len(self.protocols),
+                )
+            return None
+        return super().buildProtocol(addr)
+
+
+def makeSite(metrics: ConnectorMetrics, relays: Sequence[RelayService], reactor: IReactorTime) -> ListenerFactory:
+    """
+    The factory to serve on C{--metrics-listen}.
+    """
+    root = resource.Resource()
+    root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
+    root.putChild(b"healthz", HealthResource(relays, requireForward=False))
+    root.putChild(b"readyz", HealthResource(relays, requireForward=True))
+    # No twisted.web idle timeout: ListenerFactory keeps time (see its docstring).
+    site = _QuietSite(root, timeout=None, reactor=reactor)
+    site.noisy = False
+    factory = ListenerFactory(site, reactor)
+    factory.noisy = False
+    return factory

@@ -195,15 +195,23 @@ class Connector:
 
     @ivar output: the file collecting its stdout and stderr.
     @ivar metricsPort: where its /metrics, /healthz and /readyz are served.
+    @ivar descriptorLimits: C{(soft, hard)} C{RLIMIT_NOFILE} to start it with, or L{None}.
     """
 
-    def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        descriptorLimits: tuple[int, int] | None = None,
+    ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.output = self.dir / f"connector-{id(self)}.log"
         self.metricsPort = freePort()
         self.args = args
         self.env = env or {}
+        self.descriptorLimits = descriptorLimits
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Connector:
@@ -212,8 +220,16 @@ class Connector:
         env.update(self.env)
         metrics = f"--metrics-listen=tcp:{self.metricsPort}:interface=127.0.0.1"
         command = [*twistdCommand(), "-n", "--pidfile=", "incident-connector", metrics, *self.args]
+        limits = self.descriptorLimits
+
+        def limit() -> None:
+            if limits is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
         with open(self.output, "ab") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=out, cwd=self.dir, env=env)
+            self.process = subprocess.Popen(command, stdout=out, stderr=out, cwd=self.dir, env=env, preexec_fn=limit)
         return self
 
     def text(self) -> str:
@@ -470,13 +486,15 @@ class ConnectProxy:
 
     @ivar tunnels: C{host:port} of every tunnel opened.
     @ivar refused: how many CONNECTs it refused.
+    @ivar hosts: names it resolves itself, like a proxy's own DNS (name to address).
     """
 
-    def __init__(self, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(self, credentials: tuple[str, str] | None = None, hosts: dict[str, str] | None = None) -> None:
         import base64
 
         self.tunnels: list[str] = []
         self.refused = 0
+        self.hosts = hosts or {}
         expected = None
         if credentials is not None:
             expected = "Basic " + base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
@@ -501,7 +519,8 @@ class ConnectProxy:
                 return
             host, _, port = target.rpartition(":")
             try:
-                upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+                address = proxy.hosts.get(host, host.strip("[]"))
+                upstream = socket.create_connection((address, int(port)), timeout=10)
             except OSError:
                 client.sendall(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
                 return

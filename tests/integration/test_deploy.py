@@ -34,8 +34,8 @@ from .harness import (
 
 
 class ProxyTests(TunnelTestCase):
-    def proxy(self, credentials: tuple[str, str] | None = None) -> ConnectProxy:
-        proxy = ConnectProxy(credentials)
+    def proxy(self, credentials: tuple[str, str] | None = None, hosts: dict[str, str] | None = None) -> ConnectProxy:
+        proxy = ConnectProxy(credentials, hosts)
         self.addCleanup(proxy.close)
         return proxy
 
@@ -78,7 +78,9 @@ class ProxyTests(TunnelTestCase):
 
     def test_tokenAuthenticationThroughProxy(self) -> None:
         """
-        Both the certificate API and the SSH connection go through the proxy.
+        The SSH connection goes through the proxy; the certificate API, on
+        loopback, does not (the proxy would see the token in clear, and
+        would reach its own loopback, not ours).
         """
         relay = ReferenceRelay(self.dir / "reference").start()
         self.addCleanup(relay.stop)
@@ -92,7 +94,34 @@ class ProxyTests(TunnelTestCase):
         ).start()  # fmt: skip
         self.addCleanup(connector.stop)
         connector.allocatedPort()
-        self.assertEqual(sorted(proxy.tunnels), sorted([f"127.0.0.1:{relay.apiPort}", f"127.0.0.1:{relay.sshPort}"]))
+        self.assertEqual(proxy.tunnels, [f"127.0.0.1:{relay.sshPort}"])
+
+    def test_remoteAPIThroughProxy(self) -> None:
+        """
+        An API under a name only the proxy resolves is reached through the
+        proxy, over TLS verified end to end (CONNECT, then TLS inside).
+        """
+        from .test_token import makeTLS
+
+        caFile, certFile, keyFile = makeTLS(self.dir / "tls", withIP=False, name="api.relay.test")
+        relay = ReferenceRelay(self.dir / "reference", scheme="https")
+        relay.apiListen = f"ssl:{relay.apiPort}:interface=127.0.0.1:privateKey={keyFile}:certKey={certFile}"
+        relay.start()
+        self.addCleanup(relay.stop)
+        connectorId, token = relay.add("proxied")
+        proxy = self.proxy(hosts={"api.relay.test": "127.0.0.1"})
+        connector = Connector(
+            self.dir / "token",
+            ["--connector-id", connectorId, "--api-url", f"https://api.relay.test:{relay.apiPort}",
+             "--api-ca-file", str(caFile), "--relay-address", f"127.0.0.1:{relay.sshPort}",
+             "--state-dir", str(self.dir / "state")],
+            env={"INCIDENT_CONNECTOR_API_TOKEN": token, "HTTPS_PROXY": proxy.url()},
+        ).start()  # fmt: skip
+        self.addCleanup(connector.stop)
+        connector.allocatedPort()
+        self.assertEqual(
+            sorted(proxy.tunnels), sorted([f"api.relay.test:{relay.apiPort}", f"127.0.0.1:{relay.sshPort}"])
+        )
 
 
 class ConnectionsTests(TunnelTestCase):
@@ -220,6 +249,7 @@ class DeployFilesTests(SynchronousTestCase):
             ("EnvironmentFile", "/etc/incident-connector/env"),
             ("StateDirectory", "incident-connector"),
             ("CapabilityBoundingSet", ""),
+            ("LimitNOFILE", "65536"),
         ]:
             self.assertEqual(service[key], value, key)
         self.assertTrue(service["ExecStart"].endswith("twistd -n --pidfile= incident-connector"))

@@ -264,9 +264,9 @@ class OpenSSHTrustsRelayCATests(TokenTestCase):
         sock.close()
 
 
-def makeTLS(directory: Path, withIP: bool = True) -> tuple[Path, Path, Path]:
+def makeTLS(directory: Path, withIP: bool = True, name: str = "localhost") -> tuple[Path, Path, Path]:
     """
-    A CA, and a server certificate it signs for localhost (and 127.0.0.1).
+    A CA, and a server certificate it signs for C{name} (and 127.0.0.1).
     """
     now = datetime.datetime.now(datetime.timezone.utc)
     caKey = ec.generate_private_key(ec.SECP256R1())
@@ -285,7 +285,7 @@ def makeTLS(directory: Path, withIP: bool = True) -> tuple[Path, Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     server = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(caName)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -293,7 +293,7 @@ def makeTLS(directory: Path, withIP: bool = True) -> tuple[Path, Path, Path]:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost")] + ([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] if withIP else [])
+                [x509.DNSName(name)] + ([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] if withIP else [])
             ),
             critical=False,
         )
