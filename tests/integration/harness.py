@@ -246,6 +246,10 @@ class Connector:
 
     def allocatedPort(self, timeout: float = 15.0, after: int = 0) -> int:
         match = self.waitForLog(r"Allocated port (\d+) for remote forward to socks", timeout, after)
+        reactor = os.environ.get("INCIDENT_TEST_REACTOR")
+        if reactor and self.program is None:
+            # twistd names its reactor: prove the run is not silently on the default one.
+            self.waitForLog(rf"reactor class: twisted\.internet\.{reactor}reactor\.", 1)
         return int(match.group(1))
 
     def get(self, path: str) -> tuple[int, str]:
