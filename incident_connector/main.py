@@ -16,13 +16,15 @@ Exit status: 0 after a clean drain (SIGTERM or SIGINT, or Ctrl-Break on
 Windows, start it; a second one exits at once with 1), 1 when the service
 cannot start, 2 for bad usage.
 
-Running it is L{twisted.application.runner.Runner}'s job, the runner under
+Running it is L{twisted.application.runner._runner.Runner}'s job, the runner under
 Twisted's own C{twist} command: it starts the global log beginner (so events
 logged before it are kept, and stray writes to stdout or stderr become log
 events), runs the reactor, and takes a pid file only when given one.
 C{twistd}'s C{ApplicationRunner} would bring plugins, daemonising and pid files;
 L{twisted.internet.task.react} suits a main function whose Deferred decides the
-exit status, not a service stopped by a signal.
+exit status, not a service stopped by a signal.  L{Runner} lives in a private
+module (the package exports nothing); C{twist} imports it from there too, and
+the tests of this command fail if it moves.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 import platform
 import sys
 from collections.abc import Mapping
-from typing import Any, TextIO, cast
+from typing import Any, cast
 
 from twisted.application.runner._runner import Runner
 from twisted.internet.defer import maybeDeferred
@@ -80,13 +82,14 @@ def run(argv: list[str] | None = None, environ: Mapping[str, str] | None = None)
     # Installs the platform's default reactor; nothing imported it before.
     from twisted.internet import reactor
 
-    return main(reactor, options, sys.stdout)
+    return main(reactor, options)
 
 
-def main(reactor: Any, options: Options, out: TextIO) -> int:
+def main(reactor: Any, options: Options) -> int:
     """
     Run the connector described by C{options} on C{reactor} (not yet running)
-    until a signal stops it and the drain is over; log to C{out}.
+    until a signal stops it and the drain is over.  It logs to standard
+    output through the observer L{buildService} made, as under twistd.
 
     @return: the exit status.
     """
@@ -98,8 +101,8 @@ def main(reactor: Any, options: Options, out: TextIO) -> int:
         reactor=reactor,
         # The connector's own observer filters; this level only must not hide more.
         defaultLogLevel=LogLevel.levelWithName(options["log-level"]),
-        logFile=out,
-        fileLogObserverFactory=lambda _out: cast(FileLogObserver, connector.observer),
+        logFile=sys.stdout,
+        fileLogObserverFactory=lambda _logFile: cast(FileLogObserver, connector.observer),
         whenRunning=_start,
         whenRunningArguments={"reactor": reactor, "connector": connector, "outcome": outcome},
     )

@@ -395,6 +395,10 @@ class IncidentConnectorCommandTests(SynchronousTestCase):
         self.assertRegex(result.stdout, r"(?m)^\s+check\s")
         self.assertIn("connector-proxy", result.stdout)
 
+    def test_version(self) -> None:
+        result = self.command("--version")
+        self.assertEqual((result.returncode, result.stdout), (0, f"incident-connector {__version__}\n"))
+
     def test_unknownSubcommand(self) -> None:
         result = self.command("run")
         self.assertEqual(result.returncode, 2)
