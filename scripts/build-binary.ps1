@@ -1,7 +1,7 @@
 # Build dist\connector-proxy.exe on Windows: the PowerShell twin of
 # scripts/build-binary.sh (same PyInstaller command, same exclusions; see the
 # comments there).  Needs the connector's dependencies and PyInstaller:
-#     py -m pip install . pyinstaller
+#     py -m pip install '.[binary]'
 # Not run in CI: there is no Windows machine there (docs/binary.md).
 $ErrorActionPreference = "Stop"
 Set-Location (Split-Path -Parent $PSScriptRoot)

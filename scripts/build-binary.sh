@@ -3,7 +3,7 @@
 # and every dependency, for machines with no Python.  The same script on Linux
 # and macOS (Windows: scripts/build-binary.ps1).  Needs the connector's
 # dependencies and PyInstaller in the Python it runs ($PYTHON, default python3):
-#     python3 -m pip install . pyinstaller
+#     python3 -m pip install '.[binary]'
 # The executable runs on the OS and CPU it was built on, with a C library at
 # least as new as this machine's (build on the oldest Linux you support).
 set -euo pipefail
