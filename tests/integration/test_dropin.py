@@ -108,8 +108,11 @@ class DocumentedCommandLineTests(SynchronousTestCase):
 
     def environment(self) -> dict[str, str]:
         """
-        Only the relay and API addresses point at the reference relay; HOME is
-        the test's own (as a container's is), so the key lands there.
+        Only the relay and API addresses point at the reference relay.  HOME
+        is the test's own (as a container's is), so the key lands there, and
+        L{Connector} moves the metrics listener off port 9090 through its
+        variable, so parallel runs do not collide; the command line is as
+        documented.
         """
         home = self.dir / "home"
         return {
