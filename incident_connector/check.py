@@ -17,6 +17,7 @@ from twisted.internet import defer, protocol, task
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.python.failure import Failure
 
+from . import __version__
 from .api import CredentialsError
 from .credentials import TokenCredentials
 from .metrics import ConnectorMetrics
@@ -139,13 +140,34 @@ async def _destinationSteps(reactor: Any, options: Options, report: Report) -> N
             transport.loseConnection()
 
 
+USAGE = """\
+Usage: incident-connector COMMAND [options]
+
+Commands:
+  check    Check a configuration step by step: options, relay, host key,
+           login, forward, each allowlisted destination.
+
+Options: --help, --version.
+
+The connector itself runs as: connector-proxy [options]
+(or: twistd -n --pidfile= incident-connector [options]).
+Both take the same options as check; see: connector-proxy --help
+"""
+
+
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> None:
     """
-    The C{incident-connector} console script.
+    The C{incident-connector} console script: C{check}, or the usage.
     """
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] != "check":
-        fail("usage: incident-connector check [options]  (the service itself runs as: twistd -n incident-connector)")
+    if not args or args[0] in ("-h", "--help"):
+        out.write(USAGE)
+        return
+    if args[0] == "--version":
+        out.write(f"incident-connector {__version__}\n")
+        return
+    if args[0] != "check":
+        fail(f"unknown command {args[0]!r}: the commands are check, and connector-proxy for the connector itself")
     options = Options()
     options.parseOptions(args[1:])
     report = Report(out)

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 from twisted.python import usage
 
+from . import __version__
 from .allowlist import Allowlist, AllowlistError
 from .api import isLoopbackURL
 from .keyfiles import sharedSecretWarning
@@ -34,9 +35,19 @@ _log = Logger()
 
 def envName(option: str) -> str:
     """
-    The environment variable that backs C{--option}.
+    The environment variable that backs C{--option}: its documented name, the
+    first of L{envNames}.
     """
-    return ENV_PREFIX + option.upper().replace("-", "_")
+    return envNames(option)[0]
+
+
+def envNames(option: str) -> tuple[str, ...]:
+    """
+    Every environment variable that backs C{--option}, the documented one
+    first: C{INCIDENT_CONNECTOR_SOME_NAME} for C{--some-name}, unless
+    L{ENV_NAMES} names others.
+    """
+    return ENV_NAMES.get(option, (ENV_PREFIX + option.upper().replace("-", "_"),))
 
 
 def parseHostPort(text: str, defaultPort: int | None = None) -> tuple[str, int]:
@@ -154,6 +165,15 @@ OPTIONS: list[tuple[str, Any, Callable[[str], Any] | None, str]] = [
     ("log-level", "info", _choice("debug", "info", "warn", "error"), "Least severe level logged."),
 ]
 
+#: Options backed by environment variables other than the one their name
+#: gives, the documented name first.  Each name is read; two that are set and
+#: differ stop the program.
+ENV_NAMES: dict[str, tuple[str, ...]] = {
+    # The hosted connector-proxy documents INCIDENT_CONNECTOR_ID; the name
+    # derived from the option is accepted too.
+    "connector-id": ("INCIDENT_CONNECTOR_ID", "INCIDENT_CONNECTOR_CONNECTOR_ID"),
+}
+
 SECRETS = frozenset({"api-token", "proxy"})
 
 
@@ -174,16 +194,29 @@ class Options(usage.Options):
     longdesc = (
         "Dial out over SSH to a relay, ask for a remote forward, and serve SOCKS "
         "on every forwarded channel to the destinations the allowlist names. "
-        "Every --option can also be set as " + ENV_PREFIX + "OPTION (upper snake case)."
+        "Every --option can also be set as " + ENV_PREFIX + "OPTION (upper snake case), "
+        "or as the variable its line names."
     )
     optParameters = [
-        [name, None, None, f"{text} [env {envName(name)}]" + (f" [default: {default}]" if default is not None else "")]
+        [
+            name,
+            None,
+            None,
+            f"{text} [env {' or '.join(envNames(name))}]" + (f" [default: {default}]" if default is not None else ""),
+        ]
         for name, default, _convert, text in OPTIONS
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()
         self.environ = os.environ if environ is None else environ
+
+    def opt_version(self) -> NoReturn:
+        """
+        Print the version and exit.
+        """
+        sys.stdout.write(f"incident-connector {__version__}\n")
+        raise SystemExit(0)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -199,9 +232,9 @@ class Options(usage.Options):
         for name, default, convert, _text in OPTIONS:
             value = self[name]
             source = f"--{name}"
-            if value is None and self.environ.get(envName(name)):
-                value = self.environ[envName(name)]
-                source = envName(name)
+            fromEnvironment = self._fromEnvironment(name)
+            if value is None and fromEnvironment is not None:
+                source, value = fromEnvironment
             if value is None:
                 self[name] = convert(default) if isinstance(default, str) and convert is not None else default
                 continue
@@ -213,6 +246,24 @@ class Options(usage.Options):
                     raise ConfigurationError(f"{source} {shown}: {e}") from None
             self[name] = value
         self.validate()
+
+    def _fromEnvironment(self, name: str) -> tuple[str, str] | None:
+        """
+        The variable that sets C{--name} and its value, or L{None} if none is
+        set (an empty value counts as unset).
+
+        @raise ConfigurationError: if two of its variables are set and differ.
+        """
+        found = [(variable, self.environ[variable]) for variable in envNames(name) if self.environ.get(variable)]
+        for variable, value in found[1:]:
+            if value != found[0][1]:
+                shown = (
+                    f"{found[0][0]} and {variable}"
+                    if name in SECRETS
+                    else f"{found[0][0]} {found[0][1]!r} and {variable} {value!r}"
+                )
+                raise ConfigurationError(f"{shown} differ; set one of them")
+        return found[0] if found else None
 
     def validate(self) -> None:
         """

@@ -252,5 +252,8 @@ def _exitOnSecondSignal() -> None:
         sys.stderr.write(f"incident-connector: signal {signum} during drain: exiting now\n")
         os._exit(1)
 
-    signal.signal(signal.SIGTERM, exitNow)
-    signal.signal(signal.SIGINT, exitNow)
+    # The signals the reactor stops on; SIGBREAK (Ctrl-Break) exists on Windows only.
+    for name in ("SIGTERM", "SIGINT", "SIGBREAK"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, exitNow)

@@ -8,6 +8,7 @@ with a server missing.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from twisted.trial import reporter, runner
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         from twisted.application.reactors import installReactor
 
         installReactor(args.reactor)
+        # The connectors the harness starts use it too (harness.reactorArguments).
+        os.environ["INCIDENT_TEST_REACTOR"] = args.reactor
     loader = runner.TestLoader()
     suite = loader.loadByNames(args.names, recurse=True)
     trial = runner.TrialRunner(reporter.VerboseTextReporter, workingDirectory="_trial_temp")

@@ -191,7 +191,10 @@ class Relay:
 
 class Connector:
     """
-    The connector as operators run it: C{twistd -n incident-connector ...}.
+    The connector as operators run it: C{twistd -n incident-connector ...},
+    or C{program} followed by C{args} when a program is given (then the
+    metrics endpoint is set through the environment, so the command line is
+    exactly C{program} and C{args}).
 
     @ivar output: the file collecting its stdout and stderr.
     @ivar metricsPort: where its /metrics, /healthz and /readyz are served.
@@ -203,6 +206,7 @@ class Connector:
         workdir: Path,
         args: list[str],
         env: dict[str, str] | None = None,
+        program: list[str] | None = None,
         descriptorLimits: tuple[int, int] | None = None,
     ) -> None:
         self.dir = workdir
@@ -211,15 +215,21 @@ class Connector:
         self.metricsPort = freePort()
         self.args = args
         self.env = env or {}
+        self.program = program
         self.descriptorLimits = descriptorLimits
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Connector:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENT_CONNECTOR_")}
         env["PYTHONPATH"] = str(REPO)
+        metrics = f"tcp:{self.metricsPort}:interface=127.0.0.1"
+        if self.program is None:
+            command = [*twistdCommand(), *reactorArguments(), "-n", "--pidfile=", "incident-connector"]
+            command += [f"--metrics-listen={metrics}", *self.args]
+        else:
+            command = [*self.program, *self.args]
+            env["INCIDENT_CONNECTOR_METRICS_LISTEN"] = metrics
         env.update(self.env)
-        metrics = f"--metrics-listen=tcp:{self.metricsPort}:interface=127.0.0.1"
-        command = [*twistdCommand(), "-n", "--pidfile=", "incident-connector", metrics, *self.args]
         limits = self.descriptorLimits
 
         def limit() -> None:
@@ -251,6 +261,10 @@ class Connector:
 
     def allocatedPort(self, timeout: float = 15.0, after: int = 0) -> int:
         match = self.waitForLog(r"Allocated port (\d+) for remote forward to socks", timeout, after)
+        reactor = os.environ.get("INCIDENT_TEST_REACTOR")
+        if reactor and self.program is None:
+            # twistd names its reactor: prove the run is not silently on the default one.
+            self.waitForLog(rf"reactor class: twisted\.internet\.{reactor}reactor\.", 1)
         return int(match.group(1))
 
     def get(self, path: str) -> tuple[int, str]:
@@ -302,6 +316,28 @@ def descendants(pid: int) -> list[int]:
 
 def twistdCommand() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def reactorArguments() -> list[str]:
+    """
+    C{--reactor=NAME} for the connector's twistd when the tests run under
+    another reactor (C{python -m tests --reactor=NAME} sets
+    C{INCIDENT_TEST_REACTOR}), so the connector under test uses it too.
+    """
+    name = os.environ.get("INCIDENT_TEST_REACTOR")
+    return [f"--reactor={name}"] if name else []
+
+
+def consoleScript(name: str) -> list[str]:
+    """
+    The command line of the console script C{name} as pyproject declares it
+    and pip would install it (C{sys.exit(function())}), run from this checkout.
+    """
+    declared = re.search(rf'^{re.escape(name)} = "([\w.]+):(\w+)"$', (REPO / "pyproject.toml").read_text(), re.M)
+    if declared is None:
+        raise AssertionError(f"pyproject.toml declares no console script {name!r}")
+    module, function = declared.groups()
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
 
 
 class _Server(socketserver.ThreadingTCPServer):

@@ -22,13 +22,13 @@ from .harness import (
     ConnectProxy,
     ReferenceRelay,
     TunnelTestCase,
+    consoleScript,
     descendants,
     echo,
     freePort,
     http200,
     recvExactly,
     socks5Connect,
-    twistdCommand,
     waitFor,
 )
 
@@ -193,9 +193,9 @@ class DockerfileTests(SynchronousTestCase):
         self.assertIn("/wheels", " ".join(self.instructions("COPY")))
         users = self.instructions("USER")
         self.assertTrue(users and users[-1] not in ("root", "0"), users)
-        self.assertEqual(
-            yaml.safe_load(self.instructions("ENTRYPOINT")[-1]), ["twistd", "-n", "--pidfile=", "incident-connector"]
-        )
+        # The hosted product's image name and command: flags go after the image name.
+        self.assertEqual(yaml.safe_load(self.instructions("ENTRYPOINT")[-1]), ["connector-proxy"])
+        self.assertEqual(self.instructions("CMD"), [], "a CMD would become arguments to connector-proxy")
         self.assertIn("9090", self.instructions("EXPOSE"))
         self.assertIn("/healthz", self.instructions("HEALTHCHECK")[-1])
         self.assertNotIn("TOKEN", " ".join(self.instructions("ENV")))
@@ -211,7 +211,7 @@ class EntrypointTests(TunnelTestCase):
         entrypoint = yaml.safe_load([i["value"] for i in parser.structure if i["instruction"] == "ENTRYPOINT"][-1])
         healthcheck = [i["value"] for i in parser.structure if i["instruction"] == "HEALTHCHECK"][-1]
         parser.fileobj.close()
-        self.assertEqual(entrypoint[0], "twistd")
+        self.assertEqual(entrypoint, ["connector-proxy"])
         metricsPort = freePort()
         env = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENT_CONNECTOR_")}
         env.update(
@@ -225,7 +225,11 @@ class EntrypointTests(TunnelTestCase):
         log = self.dir / "entrypoint.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                twistdCommand() + entrypoint[1:], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.dir
+                consoleScript(entrypoint[0]) + entrypoint[1:],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.dir,
             )
         self.addCleanup(lambda: (process.kill(), process.wait()))
         waitFor(lambda: "Allocated port" in log.read_text(), 15, "the tunnel from the entrypoint")

@@ -5,13 +5,15 @@ Options: flags beat environment, which beats defaults; every error is one line.
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from incident_connector.options import Options, envName, parseHostPort
+from incident_connector import options as options_module
+from incident_connector.options import Options, envName, envNames, parseHostPort
 
 from ..integration.harness import REPO, twistdCommand, writeKeyPair
 
@@ -113,6 +115,41 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options.apiToken, "t")
         self.assertIn("--connector-id is required", self.parseError(["--api-token", "t"]))
 
+    def test_connectorIdVariables(self) -> None:
+        """
+        The documented INCIDENT_CONNECTOR_ID sets the connector ID, the long
+        form too; both set to one value is fine, to two values is an error
+        naming both (even when the flag is given); the flag beats them.
+        """
+        base = ["--api-url", "http://127.0.0.1:8080", "--api-token", "t"]
+        for env in [
+            {"INCIDENT_CONNECTOR_ID": "conn_1"},
+            {"INCIDENT_CONNECTOR_CONNECTOR_ID": "conn_1"},
+            {"INCIDENT_CONNECTOR_ID": "conn_1", "INCIDENT_CONNECTOR_CONNECTOR_ID": "conn_1"},
+            {"INCIDENT_CONNECTOR_ID": "conn_1", "INCIDENT_CONNECTOR_CONNECTOR_ID": ""},
+        ]:
+            self.assertEqual(self.parse(base, env)["connector-id"], "conn_1", env)
+        env = {"INCIDENT_CONNECTOR_ID": "conn_1"}
+        self.assertEqual(self.parse([*base, "--connector-id=conn_2"], env)["connector-id"], "conn_2")
+        both = {"INCIDENT_CONNECTOR_ID": "conn_1", "INCIDENT_CONNECTOR_CONNECTOR_ID": "conn_2"}
+        for args in (base, [*base, "--connector-id", "conn_3"]):
+            self.assertEqual(
+                self.parseError(args, both),
+                "incident-connector: error: INCIDENT_CONNECTOR_ID 'conn_1' and "
+                "INCIDENT_CONNECTOR_CONNECTOR_ID 'conn_2' differ; set one of them",
+            )
+        self.assertEqual(envName("connector-id"), "INCIDENT_CONNECTOR_ID")
+        self.assertEqual(envNames("connector-id"), ("INCIDENT_CONNECTOR_ID", "INCIDENT_CONNECTOR_CONNECTOR_ID"))
+        self.assertEqual(envNames("max-streams"), ("INCIDENT_CONNECTOR_MAX_STREAMS",))
+
+    def test_secretVariablesInConflictHidden(self) -> None:
+        """
+        A secret's variables that differ are named, their values never shown.
+        """
+        self.patch(options_module, "ENV_NAMES", {"api-token": ("TOKEN_A", "TOKEN_B")})
+        line = self.parseError(self.base, {"TOKEN_A": "s3cret-a", "TOKEN_B": "s3cret-b"})
+        self.assertEqual(line, "incident-connector: error: TOKEN_A and TOKEN_B differ; set one of them")
+
     def test_noCredentials(self) -> None:
         line = self.parseError(["--relay-host-key", PIN])
         self.assertIn("no credentials: give --connector-id with --api-token", line)
@@ -159,8 +196,13 @@ class DocumentationTests(SynchronousTestCase):
         """
         Every option and its environment variable is in the README's table.
         """
-        from incident_connector.options import OPTIONS
+        from incident_connector.options import OPTIONS, envNames
 
         readme = (REPO / "README.md").read_text()
-        missing = [name for name, *_ in OPTIONS if f"| `--{name}` | `{envName(name)}` |" not in readme]
+        rows = {name: re.search(rf"^\| `--{name}` \| `{envName(name)}`[^|]*\|", readme, re.M) for name, *_ in OPTIONS}
+        missing = [name for name, row in rows.items() if row is None]
         self.assertEqual(missing, [])
+        for name, row in rows.items():
+            assert row is not None
+            for variable in envNames(name):
+                self.assertIn(f"`{variable}`", row.group(0))
