@@ -8,6 +8,11 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/incident-connector --create-home connector
+# The state directory (the generated key) is a volume owned by the connector, so a
+# read-only root filesystem still has one writable place: ECS copies the image's
+# directory, ownership included, into the volume mounted at the same path.
+RUN install -d -o connector -g connector -m 0700 /var/lib/incident-connector/state
+VOLUME ["/var/lib/incident-connector/state"]
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
     && python -c "from twisted.plugin import getPlugins, IPlugin; list(getPlugins(IPlugin))"
