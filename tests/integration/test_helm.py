@@ -325,12 +325,13 @@ class PodTests(HelmTestCase):
         The kubelet waits longer than --grace-period before SIGKILL, whatever
         the grace period.
         """
-        for gracePeriod, expected in [(0, 15), (30, 45), (62.5, 78), (600, 615)]:
+        # A string is what --set gracePeriod=7.5 gives.
+        for gracePeriod, expected in [(0, 15), (30, 45), (62.5, 78), (600, 615), ("7.2", 23)]:
             manifests = self.render({"gracePeriod": gracePeriod})
-            self.assertEqual(float(self.env(manifests)["INCIDENT_CONNECTOR_GRACE_PERIOD"]), gracePeriod)
+            self.assertEqual(float(self.env(manifests)["INCIDENT_CONNECTOR_GRACE_PERIOD"]), float(gracePeriod))
             terminationGrace = self.pod(manifests)["spec"]["terminationGracePeriodSeconds"]
             self.assertEqual(terminationGrace, expected)
-            self.assertGreater(terminationGrace, gracePeriod)
+            self.assertGreater(terminationGrace, float(gracePeriod))
 
     def test_rollout(self) -> None:
         """
@@ -524,6 +525,7 @@ class SchemaTests(HelmTestCase):
             ({"networkPolicy": {"enabled": True, "relayCidrs": ["10.0.0.0/8"]}}, "relayCidrs"),
             ({"connections": "two"}, "connections"),
             ({"gracePeriod": -1}, "gracePeriod"),
+            ({"gracePeriod": "30s"}, "gracePeriod"),
             ({"logFormat": "yaml"}, "logFormat"),
             ({"image": {"digest": "latest"}}, "image.digest"),
             ({"networkPolicy": {"relayCIDRs": ["relay.incident.io"]}}, "relayCIDRs"),
@@ -531,6 +533,15 @@ class SchemaTests(HelmTestCase):
             error = self.renderFails(values)
             self.assertIn("values don't meet the specifications of the schema", error)
             self.assertIn(culprit, error)
+
+    def test_schemaIsValid(self) -> None:
+        """
+        values.schema.json is itself a valid draft-07 schema, and the chart's
+        defaults satisfy it.
+        """
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        jsonschema.Draft7Validator.check_schema(schema)
+        jsonschema.Draft7Validator(schema).validate(yaml.safe_load((CHART / "values.yaml").read_text()))
 
     def test_parentChartGlobals(self) -> None:
         """

@@ -68,7 +68,7 @@ Seconds the kubelet waits after SIGTERM before SIGKILL: the connector's grace
 period rounded up, plus 15 s for the forward's cancellation and the exit.
 */}}
 {{- define "incident-connector.terminationGracePeriodSeconds" -}}
-{{- add (ceil .Values.gracePeriod | int) 15 }}
+{{- add (ceil (float64 .Values.gracePeriod) | int) 15 }}
 {{- end }}
 
 {{/* HOST:PORT -> PORT (default 443), for the NetworkPolicy. */}}
