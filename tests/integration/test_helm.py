@@ -453,6 +453,10 @@ class TokenTests(HelmTestCase):
         error = self.renderFails({"token": {"existingSecret": ""}})
         self.assertIn("set token.existingSecret", error)
 
+    def test_twoTokens(self) -> None:
+        error = self.renderFails({"token": {"existingSecret": "incident-connector", "value": "tok"}})
+        self.assertIn("not both", error)
+
 
 class AllowlistTests(HelmTestCase):
     ALLOWLIST = ["grafana.internal:3000", "10.0.0.0/8:5432"]
@@ -629,7 +633,8 @@ class NetworkPolicyTests(HelmTestCase):
 
     def test_proxyPort(self) -> None:
         """
-        Through a proxy, the proxy's port is allowed too; relayPorts overrides.
+        Through a proxy, the proxy's port is allowed too; relayPorts overrides,
+        and is required when the proxy URL is in a Secret.
         """
         values: dict[str, Any] = {
             "proxy": {"httpsProxy": "http://proxy.internal:3128"},
@@ -640,6 +645,11 @@ class NetworkPolicyTests(HelmTestCase):
         values["networkPolicy"]["relayPorts"] = [8080]
         [relay, *_] = self.egress(self.render(values))
         self.assertEqual([p["port"] for p in relay[1]], [8080])
+        fromSecret = {
+            "proxy": {"fromSecret": {"name": "proxy-url", "key": "url"}},
+            "networkPolicy": {"enabled": True, "relayCIDRs": ["198.51.100.7/32"]},
+        }
+        self.assertIn("networkPolicy.relayPorts is required with proxy.fromSecret", self.renderFails(fromSecret))
 
     def test_selectorDestination(self) -> None:
         """

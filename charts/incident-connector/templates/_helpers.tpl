@@ -41,7 +41,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The Secret that holds the token, and whether the chart makes it. */}}
 {{- define "incident-connector.tokenSecret" -}}
-{{- if .Values.token.existingSecret }}
+{{- if and .Values.token.existingSecret .Values.token.value }}
+{{- fail "set token.existingSecret or token.value, not both" }}
+{{- else if .Values.token.existingSecret }}
 {{- .Values.token.existingSecret }}
 {{- else if .Values.token.value }}
 {{- printf "%s-token" (include "incident-connector.fullname" .) }}
