@@ -8,6 +8,11 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/incident-connector --create-home connector
+# The state directory (the generated key) is a volume owned by the connector, so a
+# read-only root filesystem still has one writable place: ECS copies the image's
+# directory, ownership included, into the volume mounted at the same path.
+RUN install -d -o connector -g connector -m 0700 /var/lib/incident-connector/state
+VOLUME ["/var/lib/incident-connector/state"]
 COPY --from=build /wheels /wheels
 # The plugin cache is built now so `twistd incident-connector` (still installed)
 # never writes it at run time; connector-proxy does not use plugins at all.

@@ -1,6 +1,7 @@
 """
 Deployable anywhere: out through an HTTP CONNECT proxy, several relay
-connections, the Docker image's entrypoint, systemd and Kubernetes files.
+connections, the Docker image's entrypoint, the systemd files.  (Kubernetes:
+test_helm; ECS: test_ecs.)
 """
 
 from __future__ import annotations
@@ -260,29 +261,3 @@ class DeployFilesTests(SynchronousTestCase):
         self.assertEqual(unit["Install"]["WantedBy"], "multi-user.target")
         environment = (REPO / "deploy" / "systemd" / "env.example").read_text()
         self.assertIn("INCIDENT_CONNECTOR_API_TOKEN=", environment)
-
-    def test_kubernetes(self) -> None:
-        documents = [
-            document
-            for path in sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
-            for document in yaml.safe_load_all(path.read_text())
-        ]
-        kinds = {document["kind"]: document for document in documents}
-        self.assertEqual(set(kinds), {"Deployment", "Secret"})
-        pod = kinds["Deployment"]["spec"]["template"]["spec"]
-        container = pod["containers"][0]
-        self.assertEqual(container["livenessProbe"]["httpGet"]["path"], "/healthz")
-        self.assertEqual(container["readinessProbe"]["httpGet"]["path"], "/readyz")
-        self.assertTrue(pod["securityContext"]["runAsNonRoot"])
-        self.assertEqual(container["securityContext"]["capabilities"]["drop"], ["ALL"])
-        self.assertTrue(container["securityContext"]["readOnlyRootFilesystem"])
-        self.assertFalse(container["securityContext"]["allowPrivilegeEscalation"])
-        environment = {e["name"]: e.get("value") for e in container["env"]}
-        self.assertNotIn("INCIDENT_CONNECTOR_API_TOKEN", environment)
-        tokenFile = environment["INCIDENT_CONNECTOR_API_TOKEN_FILE"]
-        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-        self.assertTrue(tokenFile.startswith(mounts["token"]))
-        secretVolume = next(v for v in pod["volumes"] if v["name"] == "token")
-        self.assertEqual(secretVolume["secret"]["secretName"], kinds["Secret"]["metadata"]["name"])
-        self.assertIn(os.path.basename(tokenFile), kinds["Secret"]["stringData"])
-        self.assertGreater(pod["terminationGracePeriodSeconds"], 30)
