@@ -33,11 +33,12 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from .proxy import HTTPConnectEndpoint, Proxy
+from .tunnel.errors import CredentialsUnavailable
 
 __all__ = ["CertificateAPI", "CredentialsError", "isLoopbackURL"]
 
 
-class CredentialsError(Exception):
+class CredentialsError(CredentialsUnavailable):
     """
     No certificate this time.
 
@@ -45,11 +46,6 @@ class CredentialsError(Exception):
         C{unavailable}, C{tls}, C{network}, C{bad_response}).
     @ivar retryAfter: the least delay before asking again, in seconds.
     """
-
-    def __init__(self, message: str, reason: str, retryAfter: float = 0.0) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.retryAfter = retryAfter
 
 
 def isLoopbackURL(url: str) -> bool:

@@ -10,9 +10,8 @@ renewed before a third of its lifetime is left).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.conch.ssh.keys import Key
 from twisted.internet import defer
@@ -21,34 +20,13 @@ from twisted.python.failure import Failure
 
 from .api import CertificateAPI, CredentialsError
 from .keyfiles import checkPrivateFile, createKeyFile, ensurePrivateDirectory
+from .tunnel.auth import Credentials, CredentialsSource
 from .tunnel.certificates import CertificateError, UserCertificate
 from .tunnel.hostkeys import HostKeyPolicy
 
 __all__ = ["Credentials", "CredentialsSource", "StaticCredentials", "TokenCredentials", "loadOrCreateKey"]
 
 _log = Logger()
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """
-    @ivar user: the SSH login name.
-    @ivar key: the private key that signs.
-    @ivar certificate: offered instead of the plain public key, if set.
-    @ivar hostKeyPolicy: decides whether the relay's host key is trusted.
-    """
-
-    user: str
-    key: Key
-    certificate: UserCertificate | None
-    hostKeyPolicy: HostKeyPolicy
-
-
-class CredentialsSource(Protocol):
-    def get(self) -> defer.Deferred[Credentials]:
-        """
-        Credentials valid for a connection attempt starting now.
-        """
 
 
 class StaticCredentials:

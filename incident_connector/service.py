@@ -126,7 +126,7 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
     top = ConnectorService(options, metrics, observer)
     for index in range(options["connections"]):
         # Each connection reconnects on its own, with its own backoff.
-        label = str(index) if options["connections"] > 1 else ""
+        label = f"{index + 1}/{options['connections']}" if options["connections"] > 1 else ""
         relay = RelayService(
             reactor,
             relayEndpoint(options, reactor),

@@ -58,7 +58,8 @@ class HealthResource(resource.Resource):
     A small JSON status document.
 
     @ivar relays: the relay connections to report on.
-    @ivar requireForward: answer 503 unless at least one forward is granted.
+    @ivar requireForward: answer 503 unless at least one connection is ready:
+        its forward granted and the relay heard from recently.
     """
 
     isLeaf = True
@@ -71,17 +72,18 @@ class HealthResource(resource.Resource):
     def render_GET(self, request: IRequest) -> bytes:
         ports = [relay.allocatedPort for relay in self.relays if relay.allocatedPort is not None]
         errors = [relay.lastError for relay in self.relays if relay.lastError]
-        ready = bool(ports)
-        ok = ready or not self.requireForward
+        ready = [relay for relay in self.relays if relay.ready]
+        ok = bool(ready) or not self.requireForward
         request.setResponseCode(200 if ok else 503)
         request.setHeader(b"content-type", b"application/json")
         body = {
             "status": "ok" if ok else "unavailable",
             "relay": self.relays[0].relayName if self.relays else None,
-            "connections_up": len(ports),
+            "connections_up": len(ready),
             "allocated_ports": ports,
             "streams_active": sum(relay.streamsActive for relay in self.relays),
             "last_error": errors[-1] if errors else None,
+            "connections": [relay.status() for relay in self.relays],
         }
         return json.dumps(body).encode() + b"\n"
 

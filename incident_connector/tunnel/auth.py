@@ -5,21 +5,52 @@ User authentication to the relay with one ed25519 key.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.conch.ssh import keys, userauth
 from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.keys import Key
 from twisted.internet import defer
 
 from .certificates import UserCertificate
-from .transport import TunnelError
+from .errors import TunnelError
+from .hostkeys import HostKeyPolicy
 
 if TYPE_CHECKING:
     from twisted.conch.ssh.service import SSHService
 
     from .transport import RelayTransport
 
-__all__ = ["RelayUserAuth", "loadIdentity"]
+__all__ = ["Credentials", "CredentialsSource", "RelayUserAuth", "loadIdentity"]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """
+    @ivar user: the SSH login name.
+    @ivar key: the private key that signs.
+    @ivar certificate: offered instead of the plain public key, if set.
+    @ivar hostKeyPolicy: decides whether the relay's host key is trusted.
+    """
+
+    user: str
+    key: Key
+    certificate: UserCertificate | None
+    hostKeyPolicy: HostKeyPolicy
+
+
+class CredentialsSource(Protocol):
+    """
+    Where a relay connection gets what it logs in with, before every attempt:
+    key files, or a certificate bought with the API token.  A failure is a
+    L{CredentialsUnavailable}.
+    """
+
+    def get(self) -> defer.Deferred[Credentials]:
+        """
+        Credentials valid for a connection attempt starting now.
+        """
 
 
 def loadIdentity(path: str) -> keys.Key:

@@ -87,7 +87,7 @@ class RelayConnection(SSHService):
         keepalive is sent; 0 disables them.
     @ivar keepaliveCount: keepalive intervals of silence that end the
         connection after the first one.
-    @ivar label: names this connection in logs when there are several.
+    @ivar label: names this connection in logs when there are several (C{1/3}).
     @ivar allocatedPort: the port the relay listens on for us, once granted.
     @ivar draining: no new stream is accepted (shutdown in progress).
     @ivar channels: open channels by our channel number.
@@ -141,7 +141,7 @@ class RelayConnection(SSHService):
         self._throttle = Throttle(clock, 60.0)
 
     def logPrefix(self) -> str:
-        return f"relay connection {self.label}" if self.label else "relay connection"
+        return f"relay {self.label}" if self.label else "relay"
 
     # Service life.
 
@@ -599,7 +599,7 @@ class RelayConnection(SSHService):
     # Logs.
 
     def _on(self) -> str:
-        return f" (connection {self.label})" if self.label else ""
+        return f" (relay {self.label})" if self.label else ""
 
     def _note(self, key: str, format: str, **fields: Any) -> None:
         """

@@ -6,7 +6,7 @@ whose message is the line operators read and whose reason is the metric label.
 
 from __future__ import annotations
 
-__all__ = ["REASONS", "ProtocolError", "TunnelError"]
+__all__ = ["REASONS", "CredentialsUnavailable", "ProtocolError", "TunnelError"]
 
 #: Every C{reason} a failed attempt or lost connection is counted under
 #: (C{incident_connector_connection_failures_total{reason}}).
@@ -50,3 +50,15 @@ class ProtocolError(TunnelError):
     def __init__(self, message: str, reason: str = "protocol", code: int = 2) -> None:
         super().__init__(message, reason)
         self.code = code
+
+
+class CredentialsUnavailable(TunnelError):
+    """
+    Nothing to log in with this time (the certificate API refused or failed).
+
+    @ivar retryAfter: the least delay before asking again, in seconds.
+    """
+
+    def __init__(self, message: str, reason: str, retryAfter: float = 0.0) -> None:
+        super().__init__(message, reason)
+        self.retryAfter = retryAfter

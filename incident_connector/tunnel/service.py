@@ -18,11 +18,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..api import CredentialsError
-from ..credentials import Credentials, CredentialsSource
 from ..metrics import ConnectorMetrics
+from .auth import Credentials, CredentialsSource
 from .connection import RelayConnection
-from .errors import TunnelError
+from .errors import CredentialsUnavailable, TunnelError
 from .transport import RelayTransport, RelayTransportFactory
 
 __all__ = ["Backoff", "RelayService"]
@@ -137,6 +136,27 @@ class RelayService(service.Service):
         connection = self.connection
         return connection is not None and connection.allocatedPort is not None and connection.responsive
 
+    def status(self) -> dict[str, Any]:
+        """
+        This connection for C{/readyz}: ready or not, and an attempt under way
+        (how far it got and for how long), or the last error.
+        """
+        connection = self.connection
+        status: dict[str, Any] = {
+            "ready": self.ready,
+            "allocated_port": self.allocatedPort,
+            "quiet_seconds": round(connection.quietFor, 1) if connection is not None else None,
+            "rekeys": self.transport.rekeys if self.transport is not None else None,
+            "attempt": None,
+            "last_error": self.lastError,
+        }
+        if self.attemptStarted is not None:
+            status["attempt"] = {
+                "phase": self._connecting.phase if self._connecting is not None else "connecting",
+                "seconds": round(self.reactor.seconds() - self.attemptStarted, 1),
+            }
+        return status
+
     @property
     def prefix(self) -> str:
         """
@@ -198,7 +218,7 @@ class RelayService(service.Service):
 
         def noCredentials(reason: Failure) -> Failure:
             error = reason.value
-            if isinstance(error, CredentialsError):
+            if isinstance(error, CredentialsUnavailable):
                 self._leastDelay = error.retryAfter
                 self.attemptFailed(error, error.reason)
             return reason

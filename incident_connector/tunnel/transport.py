@@ -54,7 +54,7 @@ from .packets import BadPacket, Packetizer, PlainPacketizer, makePacketizer
 from .wire import Reader, escape, string, uint32
 
 if TYPE_CHECKING:
-    from ..credentials import Credentials
+    from .auth import Credentials
     from .connection import RelayConnection
 
 __all__ = ["RekeyPolicy", "RelayTransport", "RelayTransportFactory"]

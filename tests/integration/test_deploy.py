@@ -139,10 +139,14 @@ class ConnectionsTests(TunnelTestCase):
         ports = {
             int(port): label
             for port, label in re.findall(
-                r"Allocated port (\d+) for remote forward to socks \(connection (\d)\)", connector.text()
+                r"Allocated port (\d+) for remote forward to socks \(relay (\d/3)\)", connector.text()
             )
         }
-        self.assertEqual(sorted(ports.values()), ["0", "1", "2"])
+        # Every relay line names its connection.
+        self.assertEqual(sorted(ports.values()), ["1/3", "2/3", "3/3"])
+        for line in connector.text().splitlines():
+            if "connecting to relay" in line:
+                self.assertRegex(line, r"relay \d/3: connecting to relay")
         streams = {}
         for port in ports:
             sock, code = socks5Connect(port, "127.0.0.1", server.port)
