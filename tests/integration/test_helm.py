@@ -311,11 +311,15 @@ class PodTests(HelmTestCase):
 
     def test_stateDirectory(self) -> None:
         """
-        The state directory (the generated key) is a writable emptyDir.
+        The state directory (the generated key) is a directory the connector
+        creates (mode 0700) inside a writable emptyDir: an emptyDir itself is
+        world-writable, which the connector refuses for its key.
         """
         manifests = self.render()
         stateDir = self.env(manifests)["INCIDENT_CONNECTOR_STATE_DIR"]
         mounts = {m["mountPath"]: m for m in self.container(manifests)["volumeMounts"]}
+        self.assertEqual(stateDir.rsplit("/", 1)[1], "connector")
+        stateDir = stateDir.rsplit("/", 1)[0]
         self.assertFalse(mounts[stateDir].get("readOnly", False))
         volumes = {v["name"]: v for v in self.pod(manifests)["spec"]["volumes"]}
         self.assertIn("emptyDir", volumes[mounts[stateDir]["name"]])

@@ -67,8 +67,14 @@ class DescriptorLimitTests(TunnelTestCase):
             with self.assertRaises(OSError):
                 extra, _code = socks5Connect(port, "127.0.0.1", server.port)
                 extra.close()
-        waitFor(lambda: connector.text().count("refused a stream") >= 5, 10, "five refusals logged")
-        self.assertIn(f"{fits} streams open, the --max-streams limit", connector.text())
+        # Counted every time, logged at most once a minute.
+        waitFor(
+            lambda: 'incident_connector_streams_total{result="limit"} 5.0' in connector.get("/metrics")[1],
+            10,
+            "five refusals counted",
+        )
+        self.assertEqual(connector.text().count("refused a stream"), 1)
+        self.assertIn(f"refused a stream: the --max-streams limit is reached ({fits})", connector.text())
         self.assertEqual(connector.get("/healthz")[0], 200)
         streams.pop().close()
         sock = waitFor(lambda: _tryStream(port, server.port), 10, "a stream once one ended")
