@@ -1,10 +1,11 @@
 # Build the wheel in one stage, install it in a slim runtime as a non-root user.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY incident_connector ./incident_connector
 COPY twisted ./twisted
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The dependency versions CI tested (constraints.txt), not whatever is newest.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels -c constraints.txt .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/incident-connector --create-home connector

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import (
+from tests.integration.harness import (
     Connector,
     Relay,
     Target,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_allowlist -*-
+# -*- test-case-name: tests.unit.test_allowlist -*-
 """
 The destination allowlist: the product's security boundary.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_token -*-
+# -*- test-case-name: tests.integration.test_token -*-
 """
 The certificate API client: trades the API token for a short-lived SSH
 certificate (C{POST /v1/connectors/{id}/ssh-certificate}).

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_observability -*-
+# -*- test-case-name: tests.integration.test_observability -*-
 """
 C{incident-connector check [options]}: what an operator runs first.
 

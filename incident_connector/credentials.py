@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_token -*-
+# -*- test-case-name: tests.integration.test_token -*-
 """
 What the connector logs in to the relay with, per connection attempt: a
 login name, a private key, optionally a certificate, and the host key policy.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dial -*-
+# -*- test-case-name: tests.unit.test_dial -*-
 """
 Connecting to a stream's destination: resolve a name once, check the
 addresses if the allowlist says so, and dial exactly those addresses (a

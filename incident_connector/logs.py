@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_observability -*-
+# -*- test-case-name: tests.integration.test_observability -*-
 """
 Log observers: human text by default, one JSON object per line on request.
 Both are the observers C{twisted.logger} ships, filtered by level.

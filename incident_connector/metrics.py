@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e -*-
+# -*- test-case-name: tests.integration.test_observability -*-
 """
 Prometheus metrics of the connector, in a registry of its own (so tests and
 several connectors in one process never share counters).

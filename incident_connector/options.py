@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_options -*-
+# -*- test-case-name: tests.unit.test_options -*-
 """
 Command-line and environment options of C{twistd incident-connector}.
 

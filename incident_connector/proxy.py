@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_deploy -*-
+# -*- test-case-name: tests.unit.test_secrets,tests.integration.test_deploy -*-
 """
 Going out through a corporate HTTP proxy: an C{IStreamClientEndpoint} that
 tunnels through C{CONNECT}, for both the SSH connection and the certificate

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e -*-
+# -*- test-case-name: tests.integration.test_e2e,tests.integration.test_resilience -*-
 """
 The composition root: turns parsed L{Options} into one L{MultiService} holding
 the relay connection and the metrics/health site.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_socks -*-
+# -*- test-case-name: tests.unit.test_socks -*-
 """
 A sans-I/O SOCKS server state machine: SOCKS5 (RFC 1928, no-auth, CONNECT),
 SOCKS4 and SOCKS4a, as OpenSSH's dynamic forwarding accepts them.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_splice -*-
+# -*- test-case-name: tests.unit.test_stream -*-
 """
 The splice: a stream's channel joined to its destination's TCP connection,
 once the SOCKS handshake succeeded.  It owns back-pressure, half-close, the

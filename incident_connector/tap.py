@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_e2e -*-
+# -*- test-case-name: tests.integration.test_e2e -*-
 """
 The twistd entry point: C{Options} and C{makeService}, as L{ServiceMaker} wants them.
 """

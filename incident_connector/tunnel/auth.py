@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tunnel -*-
+# -*- test-case-name: tests.unit.test_transport,tests.integration.test_e2e -*-
 """
 User authentication to the relay with one ed25519 key.
 """

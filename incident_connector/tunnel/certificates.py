@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_token -*-
+# -*- test-case-name: tests.unit.test_certificates,tests.integration.test_token -*-
 """
 OpenSSH user certificates on the client side.  Conch's C{keys.Key} knows no
 certificates: C{cryptography} parses them, and user auth offers the

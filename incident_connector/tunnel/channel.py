@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_channel -*-
+# -*- test-case-name: tests.unit.test_connection -*-
 """
 One C{forwarded-tcpip} channel (RFC 4254 section 5): its two windows, the
 bytes waiting for the relay's window, and EOF and close in each direction.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_channel -*-
+# -*- test-case-name: tests.unit.test_connection,tests.unit.test_stream -*-
 """
 The contract between the tunnel and the streams it carries.
 

@@ -13,7 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+try:  # ML-KEM came with cryptography 46; without it the hybrid is not offered.
+    from cryptography.hazmat.primitives.asymmetric import mlkem
+except ImportError:  # pragma: no cover - depends on the installed cryptography
+    mlkem = None  # type: ignore[assignment]
 
 from .errors import ProtocolError
 from .packets import AEAD_CIPHERS, CIPHERS, MACS
@@ -39,7 +44,7 @@ __all__ = [
 # then NIST curves and a 2048-bit group for servers restricted to FIPS lists.
 # No SHA-1, no group exchange (its groups come from the server).
 KEX_PREFERENCE = [
-    b"mlkem768x25519-sha256",
+    *([b"mlkem768x25519-sha256"] if mlkem is not None else []),
     b"curve25519-sha256",
     b"curve25519-sha256@libssh.org",
     b"ecdh-sha2-nistp256",

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tunnel -*-
+# -*- test-case-name: tests.unit.test_backoff,tests.integration.test_resilience -*-
 """
 Keeping one relay connection up: L{ClientService} does the reconnecting; this
 module decides when a connection counts as up (forward granted), how long to

@@ -205,6 +205,34 @@ class DockerfileTests(SynchronousTestCase):
         self.assertIn("/healthz", self.instructions("HEALTHCHECK")[-1])
         self.assertNotIn("TOKEN", " ".join(self.instructions("ENV")))
 
+    def test_testedVersions(self) -> None:
+        """
+        The image installs the dependency versions CI tested, and those lie in
+        the range pyproject.toml admits.
+        """
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+
+        self.assertTrue(any("-c constraints.txt" in run for run in self.instructions("RUN")))
+        pinned = {
+            canonicalize_name(name): version
+            for name, version in (
+                line.split("==")
+                for line in (REPO / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#")
+            )
+        }
+        import tomllib
+
+        project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+        for text in project["dependencies"]:
+            requirement = Requirement(text)
+            name = canonicalize_name(requirement.name)
+            self.assertIn(name, pinned, requirement.name)
+            self.assertIn(pinned[name], requirement.specifier, requirement)
+            if requirement.name in ("twisted", "cryptography"):
+                self.assertTrue(any(spec.operator == "<" for spec in requirement.specifier), f"{text}: no ceiling")
+
 
 class EntrypointTests(TunnelTestCase):
     def test_entrypointWithEnvironmentOnly(self) -> None:

@@ -38,7 +38,8 @@ class HandshakeTests(SynchronousTestCase):
         Each key exchange method Conch's server also has ends in the forward.
         """
         common = [k for k in KEX_PREFERENCE if k in PeerTransport.supportedKeyExchanges]
-        self.assertIn(b"mlkem768x25519-sha256", common)
+        if b"mlkem768x25519-sha256" in KEX_PREFERENCE:  # cryptography >= 46
+            self.assertIn(b"mlkem768x25519-sha256", common)
         self.assertIn(b"curve25519-sha256", common)
         for kex in common:
             pair = Pair(serverKex=[kex])
