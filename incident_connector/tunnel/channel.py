@@ -269,30 +269,38 @@ class ForwardedChannel:
     def sendable(self) -> bool:
         return bool(self._queued) and self.remoteWindow > 0 and not self._closeSent
 
-    def takePacket(self) -> bytes | memoryview:
+    def take(self, limit: int, into: list[tuple[int, bytes | memoryview]]) -> int:
         """
-        The next packet's worth of queued data, as the relay's window and
-        maximum packet size allow (only while L{sendable}).
+        Append queued data to C{into}, cut to packets as the relay's window
+        and maximum packet size allow: one packet at least, then more while
+        under C{limit} bytes (only while L{sendable}).  Returns the bytes taken.
         """
-        size = min(self.remoteWindow, self.remoteMaxPacket)
-        head = self._queue[0]
-        if len(head) <= size:
-            self._queue.popleft()
-            piece: bytes | memoryview = head
-        else:
-            view = memoryview(head)
-            piece = view[:size]
-            self._queue[0] = view[size:]
-        taken = len(piece)
+        queue = self._queue
+        maxPacket = self.remoteMaxPacket
+        budget = min(self.remoteWindow, max(limit, 1))
+        remote = self.remoteId
+        taken = 0
+        while queue and taken < budget:
+            size = min(maxPacket, self.remoteWindow - taken)
+            head = queue[0]
+            if len(head) <= size:
+                queue.popleft()
+                piece: bytes | memoryview = head
+            else:
+                view = head if isinstance(head, memoryview) else memoryview(head)
+                piece = view[:size]
+                queue[0] = view[size:]
+            into.append((remote, piece))
+            taken += len(piece)
         self._queued -= taken
         self.remoteWindow -= taken
         self.sent += taken
         self.connection.queued(self, -taken)
-        return piece
+        return taken
 
     def packetsSent(self) -> None:
         """
-        Called after the packets L{takePacket} gave were written: now EOF or
+        Called after the packets L{take} gave were written: now EOF or
         close may follow them, and the producer may resume.
         """
         if self._queued:

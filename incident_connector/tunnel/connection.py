@@ -67,8 +67,6 @@ OPEN_RESOURCE_SHORTAGE = 4
 #: Bytes queued in all channels together past which every stream stops
 #: reading its destination (memory stays bounded whatever the streams do).
 CONGESTION = 8 * 1024 * 1024
-#: Channel data sealed per write to the relay at most.
-BATCH = 256 * 1024
 #: Global requests we may have outstanding (keepalives, the forward).
 MAX_PENDING_REQUESTS = 64
 
@@ -382,12 +380,13 @@ class RelayConnection(SSHService):
         channel.dataReceived(data, self._gathering)
 
     def _received(self, channel: ForwardedChannel, length: int) -> None:
-        if channel.eofSeen:
-            raise ProtocolError(f"the relay sent data after EOF on channel {channel.localId}")
         if length > channel.localWindowLeft or length > LOCAL_MAX_PACKET:
             raise ProtocolError(f"the relay sent more than the window allows on channel {channel.localId}")
+        if channel.eofSeen:
+            raise ProtocolError(f"the relay sent data after EOF on channel {channel.localId}")
         channel.localWindowLeft -= length
-        channel.updateWindow()
+        if channel.localWindowLeft < LOCAL_WINDOW // 2:
+            channel.updateWindow()
 
     def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
         reader = Reader(packet, "CHANNEL_DATA")
@@ -532,24 +531,25 @@ class RelayConnection(SSHService):
         transport = self.transport
         try:
             while transport.canSendData:
-                room = min(transport.sendRoom(), BATCH)
+                room = transport.sendRoom()
                 if room <= 0:
                     return
                 batch: list[tuple[int, bytes | memoryview]] = []
-                touched: list[ForwardedChannel] = []
+                touched: dict[ForwardedChannel, None] = {}
                 size = 0
-                while size < room and (self._light or self._bulk):
-                    queue = self._light if self._light else self._bulk
+                light, bulk = self._light, self._bulk
+                while size < room and (light or bulk):
+                    queue = light if light else bulk
                     channel = queue.popleft()
                     if not channel.sendable:
                         self._scheduled.discard(channel)
                         continue
-                    piece = channel.takePacket()
-                    batch.append((channel.remoteId, piece))
-                    touched.append(channel)
-                    size += len(piece)
+                    # One packet per turn while others wait; all the room when alone.
+                    alone = not light and not bulk
+                    size += channel.take(room - size if alone else 1, batch)
+                    touched[channel] = None
                     if channel.sendable:
-                        (self._light if channel.sent < LIGHT else self._bulk).append(channel)
+                        (light if channel.sent < LIGHT else bulk).append(channel)
                     else:
                         self._scheduled.discard(channel)
                 if not batch:
