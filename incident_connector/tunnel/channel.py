@@ -108,7 +108,8 @@ class ForwardedChannel:
         self.protocol: IStreamProtocol | None = None
         self.producer: IPushProducer | None = None
         self.sent = 0
-        self._queue: deque[bytes | memoryview] = deque()
+        # Made when first needed: an empty deque costs 600 bytes a channel.
+        self._queue: deque[bytes | memoryview] | None = None
         self._queued = 0
         self._inbox: list[bytes] | None = None
         self._waiters: list[defer.Deferred[None]] | None = None
@@ -130,6 +131,8 @@ class ForwardedChannel:
     def write(self, data: bytes) -> None:
         if not data or self._eofSent or self._eofAfterDrain or self._closeSent or self._closeAfterDrain:
             return
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(data)
         self._queued += len(data)
         self.connection.queued(self, len(data))
@@ -276,6 +279,7 @@ class ForwardedChannel:
         under C{limit} bytes (only while L{sendable}).  Returns the bytes taken.
         """
         queue = self._queue
+        assert queue is not None
         maxPacket = self.remoteMaxPacket
         budget = min(self.remoteWindow, max(limit, 1))
         remote = self.remoteId
@@ -292,6 +296,8 @@ class ForwardedChannel:
                 queue[0] = view[size:]
             into.append((remote, piece))
             taken += len(piece)
+        if not queue:
+            self._queue = None
         self._queued -= taken
         self.remoteWindow -= taken
         self.sent += taken
@@ -357,7 +363,7 @@ class ForwardedChannel:
     def _discard(self) -> None:
         if self._queued:
             self.connection.queued(self, -self._queued)
-        self._queue.clear()
+        self._queue = None
         self._queued = 0
         self._inbox = None
         self._eofAfterDrain = self._closeAfterDrain = False
