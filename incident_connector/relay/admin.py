@@ -24,7 +24,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
-from .api import jsonResponse, readJSON
+from .api import SmallBodyRequest, jsonResponse, readJSON
 from .forwards import Forwards
 from .registry import Registry
 
@@ -201,6 +201,6 @@ def makeAdminAPI(api: AdminAPI) -> server.Site:
     v1 = resource.Resource()
     root.putChild(b"v1", v1)
     v1.putChild(b"connectors", _Connectors(api))
-    site = server.Site(root)
+    site = server.Site(root, requestFactory=SmallBodyRequest)
     site.noisy = False
     return site

@@ -8,6 +8,7 @@ Everything else answers 404 here; administration is on its own listener
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable
@@ -20,9 +21,45 @@ from twisted.web.iweb import IRequest
 from .ca import CertificateAuthority
 from .registry import Registry
 
-__all__ = ["jsonResponse", "makeConnectorAPI", "readJSON"]
+__all__ = ["BODY_LIMIT", "SmallBodyRequest", "jsonResponse", "makeConnectorAPI", "readJSON"]
 
 _log = Logger()
+
+BODY_LIMIT = 16 * 1024
+"""
+The largest request body read (a public key and a little JSON need under 1 KiB).
+"""
+
+
+class SmallBodyRequest(server.Request):
+    """
+    A request whose body is kept in memory and limited to L{BODY_LIMIT}:
+    twisted.web would spool a larger one to a temporary file, so anyone who
+    reaches the port could fill the disk.  A larger body ends the connection.
+    """
+
+    _bodySize = 0
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        if length is not None and length > BODY_LIMIT:
+            self._refuse()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._bodySize += len(data)
+        if self._bodySize > BODY_LIMIT:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        if self.channel is not None and not self.channel.transport.disconnecting:  # type: ignore[union-attr]
+            _log.info(
+                "closed a connection from {peer}: request body over {limit} bytes",
+                peer=self.getClientAddress(),
+                limit=BODY_LIMIT,
+            )
+            self.channel.transport.loseConnection()  # type: ignore[union-attr]
 
 
 def jsonResponse(request: IRequest, status: int, document: object) -> bytes:
@@ -123,6 +160,6 @@ def makeConnectorAPI(registry: Registry, ca: CertificateAuthority, knownHosts: C
     v1 = resource.Resource()
     root.putChild(b"v1", v1)
     v1.putChild(b"connectors", _Connectors(registry, ca, knownHosts))
-    site = server.Site(root)
+    site = server.Site(root, requestFactory=SmallBodyRequest)
     site.noisy = False
     return site

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from incident_connector.relay.admin import checkAdminEndpoint
 
-from .harness import REPO, echo, twistdCommand, waitFor
+from .harness import REPO, echo, recvAll, twistdCommand, waitFor
 from .test_token import TokenTestCase
 
 
@@ -48,6 +49,29 @@ class ConnectorsPortTests(TokenTestCase):
             self.assertEqual(raised.exception.code, 404, path)
             self.assertNotIn(connectorId, raised.exception.read().decode(), path)
         self.assertEqual(target.accepts, 0)
+
+    def test_largeBodyRefused(self) -> None:
+        """
+        A request body over 16 KiB, declared or chunked, ends the connection
+        unanswered instead of being spooled to disk.
+        """
+        connectorId, _ = self.relay.add("demo")
+        path = f"/v1/connectors/{connectorId}/ssh-certificate"
+        for headers, body in [
+            (f"Content-Length: {300 * 1024}\r\n", b"x" * 300 * 1024),
+            ("Transfer-Encoding: chunked\r\n", b"".join(b"4000\r\n" + b"x" * 0x4000 + b"\r\n" for _ in range(20))),
+        ]:
+            sock = socket.create_connection(("127.0.0.1", self.relay.apiPort), timeout=10)
+            answer = b""
+            try:
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: relay\r\n{headers}\r\n".encode() + body)
+                answer = recvAll(sock)
+            except ConnectionError:
+                pass
+            finally:
+                sock.close()
+            self.assertEqual(answer, b"", headers)
+        self.assertIn("request body over 16384 bytes", self.relay.log.read_text())
 
 
 class AdminSocketTests(TokenTestCase):
