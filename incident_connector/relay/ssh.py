@@ -15,6 +15,7 @@ from typing import Any
 from twisted.conch import avatar, error, interfaces
 from twisted.conch.ssh import connection, factory, forwarding, keys, userauth
 from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.cred import checkers, credentials, portal
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
@@ -160,16 +161,20 @@ class RelayConnection(connection.SSHConnection):
         return user
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
-        channelType, rest = getNS(packet)
-        senderChannel = struct.unpack(">L", rest[:4])[0]
+        assert self.transport is not None
+        try:
+            channelType, rest = getNS(packet)
+            (senderChannel,) = struct.unpack(">L", rest[:4])
+        except (struct.error, IndexError):
+            self.transport.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"malformed CHANNEL_OPEN")
+            return
         session = self._avatar().session
         _log.warn(
             "refused a {type} channel from connector {id} at {peer}: connectors may only forward",
-            type=channelType.decode("ascii", "replace"),
+            type=channelType[:64].decode("ascii", "replace"),
             id=session.connectorId,
             peer=session.peer,
         )
-        assert self.transport is not None
         self.transport.sendPacket(
             connection.MSG_CHANNEL_OPEN_FAILURE,
             struct.pack(">2L", senderChannel, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)

@@ -18,7 +18,7 @@ from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh import connection
 from twisted.conch.ssh.address import SSHTransportAddress
 from twisted.conch.ssh.common import NS, getNS
-from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION
+from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, DISCONNECT_PROTOCOL_ERROR
 from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.address import IPv4Address
@@ -129,6 +129,11 @@ class ConnectionTests(SynchronousTestCase):
             (warnings[0]["type"], warnings[0]["id"], warnings[0]["peer"]), ("session", "conn_1", "192.0.2.7:40222")
         )
         self.assertFalse([e for e in events if e.get("log_failure") is not None])
+
+    def test_malformedOpen(self) -> None:
+        conn, transport = self.connect()
+        conn.ssh_CHANNEL_OPEN(NS(b"session") + b"\x00")
+        self.assertEqual(transport.disconnected, (DISCONNECT_PROTOCOL_ERROR, b"malformed CHANNEL_OPEN"))
 
     def test_forwardGranted(self) -> None:
         conn, _ = self.connect()
