@@ -18,6 +18,7 @@ import socket
 import sys
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote
 
 from .registry import Registry
 
@@ -56,11 +57,15 @@ def adminRequest(socketPath: str, method: str, path: str, body: object = None, t
         payload = None if body is None else json.dumps(body).encode()
         connection.request(method, path, body=payload, headers={"Content-Type": "application/json"})
         response = connection.getresponse()
-        return json.loads(response.read())
+        body = response.read()
     except OSError as e:
         raise AdminUnreachable(f"the relay does not answer on {socketPath}: {e.strerror or e}") from None
     finally:
         connection.close()
+    try:
+        return json.loads(body)
+    except ValueError:
+        return {"error": f"the relay answered {response.status} {response.reason}"}
 
 
 def _age(seconds: float) -> str:
@@ -158,7 +163,10 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
             out.write(f"{args.id} revoked: its connections end within seconds; regenerate-token issues a new token\n")
         elif args.command == "list":
             try:
-                connectors = adminRequest(socketPath, "GET", "/v1/connectors")["connectors"]
+                answer = adminRequest(socketPath, "GET", "/v1/connectors")
+                if "connectors" not in answer:
+                    return error(str(answer.get("error", answer)))
+                connectors = answer["connectors"]
             except AdminUnreachable as e:
                 sys.stderr.write(f"incident-relay: {e}; live status unknown\n")
                 connectors = _registryListing(registry)
@@ -169,7 +177,10 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
         else:
             try:
                 answer = adminRequest(
-                    socketPath, "POST", f"/v1/connectors/{args.id}/test", {"destination": args.destination}
+                    socketPath,
+                    "POST",
+                    f"/v1/connectors/{quote(args.id, safe='')}/test",
+                    {"destination": args.destination},
                 )
             except AdminUnreachable as e:
                 return error(str(e))
