@@ -130,7 +130,7 @@ class OpenSSHTestCase(TokenTestCase):
             finally:
                 sock.close()
         finally:
-            local.terminate()
+            local.kill()
             _, stderr = local.communicate(timeout=10)
             said.append(stderr)
         self.assertEqual(target.accepts, 0)
