@@ -39,9 +39,9 @@ port=$(sed -n 's/.*Allocated port \([0-9]*\) for remote forward to socks.*/\1/p'
 echo "== the relay listens on 127.0.0.1:$port for this connector; the platform uses it as a SOCKS proxy"
 echo "== curl --socks5-hostname 127.0.0.1:$port http://localhost:$web_port/"
 curl -sS --fail --max-time 10 -w 'HTTP %{http_code}\n' --socks5-hostname "127.0.0.1:$port" "http://localhost:$web_port/"
-echo "== the relay's test call, for an allowed and a forbidden destination:"
+echo "== the relay's test call (over its admin socket), for an allowed and a forbidden destination:"
 for destination in "localhost:$web_port" "localhost:$metrics_port"; do
-    curl -sS -X POST -d "{\"destination\": \"$destination\"}" "http://127.0.0.1:$api_port/v1/connectors/$connector_id/test"
+    echo "   incident-relay test $connector_id $destination: $(incident-relay --data-dir "$work/relay" test "$connector_id" "$destination")"
 done
 echo "== incident-relay list"
 incident-relay --data-dir "$work/relay" list

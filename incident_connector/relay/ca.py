@@ -1,8 +1,15 @@
-# -*- test-case-name: tests.test_token -*-
+# -*- test-case-name: tests.unit.test_relay_ca -*-
 """
 The relay's keys: its SSH host key, and the user CA that signs connectors'
 certificates (with C{cryptography}'s C{SSHCertificateBuilder}) and checks
 them at login.
+
+A certificate is good for one thing, a remote forward: it carries the critical
+option C{force-command /bin/false} and no extension but
+C{permit-port-forwarding}, so an OpenSSH C{sshd} that trusts this CA gives it no
+shell, pty, agent or X11 forwarding and runs no user rc file.  Its key ID names
+the connector and the registry generation it was issued in
+(C{conn_... generation 3}); L{parseKeyId} reads it back at login.
 """
 
 from __future__ import annotations
@@ -19,7 +26,33 @@ from twisted.conch.ssh.common import getNS
 
 from ..keyfiles import createKeyFile
 
-__all__ = ["CertificateAuthority", "CertificateRejected", "loadOrCreateKey"]
+__all__ = ["FORCE_COMMAND", "CertificateAuthority", "CertificateRejected", "keyId", "loadOrCreateKey", "parseKeyId"]
+
+FORCE_COMMAND = b"/bin/false"
+"""
+The command an OpenSSH sshd runs instead of whatever a certificate holder asks
+for: none, in effect.
+"""
+
+
+def keyId(principal: str, generation: int) -> str:
+    """
+    The key ID of a certificate for C{principal} issued in C{generation}.
+    """
+    return f"{principal} generation {generation}"
+
+
+def parseKeyId(text: str) -> tuple[str, int] | None:
+    """
+    The principal and generation in a key ID from L{keyId}, or L{None}.  A bare
+    principal (certificates issued before generations existed) is generation 0.
+    """
+    principal, separator, generation = text.rpartition(" generation ")
+    if not separator:
+        return (text, 0) if text and " " not in text else None
+    if not generation.isdigit() or not principal:
+        return None
+    return principal, int(generation)
 
 
 class CertificateRejected(Exception):
@@ -61,10 +94,11 @@ class CertificateAuthority:
     def publicLine(self) -> bytes:
         return publicLine(self.key.public_key())
 
-    def sign(self, publicKey: str, principal: str, now: float | None = None) -> tuple[str, int]:
+    def sign(self, publicKey: str, principal: str, generation: int = 0, now: float | None = None) -> tuple[str, int]:
         """
         Certify C{publicKey} (an OpenSSH public key line, ed25519) for login as
-        C{principal}; return the certificate line and its end of validity.
+        C{principal}, in registry C{generation}; return the certificate line and
+        its end of validity.
 
         @raise ValueError: the key is not an ed25519 public key.
         """
@@ -78,11 +112,12 @@ class CertificateAuthority:
             .public_key(loaded)
             .serial(secrets.randbits(64))
             .type(serialization.SSHCertificateType.USER)
-            .key_id(principal.encode())
+            .key_id(keyId(principal, generation).encode())
             .valid_principals([principal.encode()])
             .valid_after(int(now) - 60)  # tolerate a little clock skew
             .valid_before(validBefore)
-            # OpenSSH's sshd allows forwarding to certificates only with this.
+            # Nothing but forwarding, whatever the sshd's own configuration says.
+            .add_critical_option(b"force-command", FORCE_COMMAND)
             .add_extension(b"permit-port-forwarding", b"")
             .sign(self.key)
         )
@@ -90,11 +125,11 @@ class CertificateAuthority:
 
     def verifyLogin(
         self, user: str, algorithm: bytes, blob: bytes, signedData: bytes | None, signature: bytes | None
-    ) -> None:
+    ) -> str:
         """
         Check a C{publickey} login with a certificate: signed by this CA, a user
         certificate, valid now, for C{user}; and, if given, that C{signature}
-        over C{signedData} is by the certified key.
+        over C{signedData} is by the certified key.  Returns the key ID.
 
         @raise CertificateRejected: with the reason.
         """
@@ -122,8 +157,9 @@ class CertificateAuthority:
             raise CertificateRejected("expired or not yet valid")
         if user.encode() not in certificate.valid_principals:
             raise CertificateRejected(f"not valid for user {user!r}")
+        identity = certificate.key_id.decode("utf-8", "replace")
         if signature is None or signedData is None:
-            return
+            return identity
         key = certificate.public_key()
         algorithmName, rest = getNS(signature)
         raw, _ = getNS(rest)
@@ -133,3 +169,4 @@ class CertificateAuthority:
             key.verify(raw, signedData)
         except InvalidSignature:
             raise CertificateRejected("bad signature") from None
+        return identity

@@ -1,9 +1,15 @@
-# -*- test-case-name: tests.test_token -*-
+# -*- test-case-name: tests.unit.test_relay_registry -*-
 """
-The connector registry: one SQLite file under the data directory.
+The connector registry: one SQLite file under the data directory, shared by
+the running relay and the C{incident-relay} command.
 
 Tokens are shown once and stored only as SHA-256 hashes (they are 256-bit
 random strings, so a plain hash is enough); comparison is constant-time.
+
+Every connector has a I{generation}, written into the key ID of each
+certificate issued to it.  Regenerating or revoking the token increments it,
+which refuses every earlier certificate at login and tells the running relay
+(which polls it) to end the connector's live connections.
 """
 
 from __future__ import annotations
@@ -25,24 +31,30 @@ CREATE TABLE IF NOT EXISTS connectors (
     description TEXT NOT NULL DEFAULT '',
     token_hash TEXT NOT NULL,
     created REAL NOT NULL,
-    last_seen REAL
-);
-CREATE TABLE IF NOT EXISTS status (
-    id TEXT PRIMARY KEY,
-    connections INTEGER NOT NULL,
-    allocated_port INTEGER
+    last_seen REAL,
+    generation INTEGER NOT NULL DEFAULT 0
 );
 """
+
+# A token hash no token has: the connector is revoked until its token is regenerated.
+_REVOKED = ""
 
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _newToken() -> str:
+    return "ict_" + secrets.token_urlsafe(32)
+
+
 @dataclass(frozen=True)
 class Connector:
     """
-    One registered connector and its live status.
+    One registered connector.
+
+    @ivar generation: bumped by every token regeneration and revocation.
+    @ivar revoked: no token is valid until it is regenerated.
     """
 
     id: str
@@ -50,24 +62,8 @@ class Connector:
     description: str
     created: float
     lastSeen: float | None
-    connections: int
-    allocatedPort: int | None
-
-    @property
-    def online(self) -> bool:
-        return self.connections > 0
-
-    def asJSON(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "description": self.description,
-            "status": "online" if self.online else "offline",
-            "connections": self.connections,
-            "allocated_port": self.allocatedPort,
-            "created": self.created,
-            "last_seen": self.lastSeen,
-        }
+    generation: int
+    revoked: bool
 
 
 class Registry:
@@ -77,16 +73,19 @@ class Registry:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10)
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(connectors)")}
+        if "generation" not in columns:  # a registry from before revocation existed
+            self._db.execute("ALTER TABLE connectors ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
 
     def add(self, name: str, description: str = "") -> tuple[str, str]:
         """
         Register a connector; return its ID and its token (shown only now).
         """
         connectorId = "conn_" + secrets.token_hex(8)
-        token = "ict_" + secrets.token_urlsafe(32)
+        token = _newToken()
         self._db.execute(
             "INSERT INTO connectors (id, name, description, token_hash, created) VALUES (?, ?, ?, ?, ?)",
             (connectorId, name, description, _hash(token), time.time()),
@@ -95,41 +94,62 @@ class Registry:
 
     def regenerateToken(self, connectorId: str) -> str | None:
         """
-        A new token; the old one stops working at once.  L{None} if unknown.
+        A new token; the old one, and every certificate issued before, stop
+        working at once.  L{None} if the connector is unknown.
         """
-        token = "ict_" + secrets.token_urlsafe(32)
-        cursor = self._db.execute("UPDATE connectors SET token_hash = ? WHERE id = ?", (_hash(token), connectorId))
+        token = _newToken()
+        cursor = self._db.execute(
+            "UPDATE connectors SET token_hash = ?, generation = generation + 1 WHERE id = ?",
+            (_hash(token), connectorId),
+        )
         return token if cursor.rowcount else None
+
+    def revoke(self, connectorId: str) -> bool:
+        """
+        Invalidate the token and every certificate issued so far, issuing no
+        new token.  Returns whether the connector exists.
+        """
+        cursor = self._db.execute(
+            "UPDATE connectors SET token_hash = ?, generation = generation + 1 WHERE id = ?",
+            (_REVOKED, connectorId),
+        )
+        return bool(cursor.rowcount)
 
     def exists(self, connectorId: str) -> bool:
         return self._db.execute("SELECT 1 FROM connectors WHERE id = ?", (connectorId,)).fetchone() is not None
 
-    def checkToken(self, connectorId: str, token: str) -> bool:
-        row = self._db.execute("SELECT token_hash FROM connectors WHERE id = ?", (connectorId,)).fetchone()
-        return row is not None and hmac.compare_digest(row[0], _hash(token))
+    def authenticate(self, connectorId: str, token: str) -> int | None:
+        """
+        The connector's generation if C{token} is its current token, else L{None}.
+        """
+        row = self._db.execute("SELECT token_hash, generation FROM connectors WHERE id = ?", (connectorId,)).fetchone()
+        if row is None or row[0] == _REVOKED or not hmac.compare_digest(row[0], _hash(token)):
+            return None
+        return int(row[1])
+
+    def generation(self, connectorId: str) -> int | None:
+        """
+        The connector's current generation, or L{None} if it is unknown.
+        """
+        row = self._db.execute("SELECT generation FROM connectors WHERE id = ?", (connectorId,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def generations(self) -> dict[str, int]:
+        """
+        Every connector's current generation (what the relay polls).
+        """
+        return {row[0]: int(row[1]) for row in self._db.execute("SELECT id, generation FROM connectors")}
 
     def seen(self, connectorId: str) -> None:
         self._db.execute("UPDATE connectors SET last_seen = ? WHERE id = ?", (time.time(), connectorId))
 
-    def setStatus(self, connectorId: str, connections: int, allocatedPort: int | None) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO status (id, connections, allocated_port) VALUES (?, ?, ?)",
-            (connectorId, connections, allocatedPort),
-        )
-
-    def clearStatus(self) -> None:
-        """
-        Forget live status (at relay start: no connection survives a restart).
-        """
-        self._db.execute("DELETE FROM status")
-
     def list(self) -> list[Connector]:
         rows = self._db.execute(
-            "SELECT c.id, c.name, c.description, c.created, c.last_seen, "
-            "COALESCE(s.connections, 0), s.allocated_port "
-            "FROM connectors c LEFT JOIN status s ON s.id = c.id ORDER BY c.created"
+            "SELECT id, name, description, created, last_seen, generation, token_hash = ? "
+            "FROM connectors ORDER BY created",
+            (_REVOKED,),
         ).fetchall()
-        return [Connector(*row) for row in rows]
+        return [Connector(r[0], r[1], r[2], r[3], r[4], int(r[5]), bool(r[6])) for r in rows]
 
     def close(self) -> None:
         self._db.close()

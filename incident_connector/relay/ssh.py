@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.test_token -*-
+# -*- test-case-name: tests.unit.test_relay_ssh -*-
 """
-The relay's SSH server: accepts only certificates from its own CA, grants
-C{tcpip-forward} on loopback, and opens a C{forwarded-tcpip} channel for
-every connection the SaaS side makes to a connector's port, spread over that
-connector's live SSH connections.
+The relay's SSH server: accepts only certificates from its own CA, issued in
+the connector's current registry generation; grants C{tcpip-forward} (the
+forward table is L{forwards}); refuses every channel a connector asks to open
+(sessions, C{direct-tcpip}), whatever its certificate says.
 """
 
 from __future__ import annotations
@@ -15,17 +15,19 @@ from typing import Any
 from twisted.conch import avatar, error, interfaces
 from twisted.conch.ssh import connection, factory, forwarding, keys, userauth
 from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.transport import DISCONNECT_PROTOCOL_ERROR
 from twisted.cred import checkers, credentials, portal
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .ca import CertificateAuthority, CertificateRejected
+from .ca import CertificateAuthority, CertificateRejected, parseKeyId
+from .forwards import Forwards, Session
 from .registry import Registry
+from .transport import StrictKexServerTransport
 
-__all__ = ["Forwards", "makeServerFactory"]
+__all__ = ["makeServerFactory"]
 
 _log = Logger()
 
@@ -62,145 +64,134 @@ class CertificateUserAuth(userauth.SSHUserAuthServer):
 @implementer(checkers.ICredentialsChecker)
 class CertificateChecker:
     """
-    Accepts a login whose certificate the CA signed, for that user, now.
+    Accepts a login whose certificate the CA signed, for that user, now, in
+    the connector's current generation.  The avatar ID is the certificate's
+    key ID (C{conn_... generation N}).
     """
 
     credentialInterfaces = [credentials.ISSHPrivateKey]
 
-    def __init__(self, ca: CertificateAuthority) -> None:
+    def __init__(self, ca: CertificateAuthority, registry: Registry) -> None:
         self.ca = ca
+        self.registry = registry
 
     def requestAvatarId(self, offer: Any) -> defer.Deferred[bytes | tuple[()]]:
         user = offer.username.decode("utf-8", "replace")
         try:
-            self.ca.verifyLogin(user, offer.algName, offer.blob, offer.sigData, offer.signature)
+            identity = self.ca.verifyLogin(user, offer.algName, offer.blob, offer.sigData, offer.signature)
+            self._checkGeneration(user, identity)
         except CertificateRejected as e:
             _log.warn("refused login as {user}: {reason}", user=user, reason=str(e))
             return defer.fail(UnauthorizedLogin(str(e)))
         if offer.signature is None:
             return defer.fail(error.ValidPublicKey())
-        return defer.succeed(offer.username)
+        return defer.succeed(identity.encode())
 
-
-class _ConnectorForward:
-    """
-    One connector's listening port and the SSH connections it feeds.
-    """
-
-    def __init__(self, connectorId: str) -> None:
-        self.connectorId = connectorId
-        self.port: IListeningPort | None = None
-        self.connections: list[connection.SSHConnection] = []
-        self._next = 0
-
-    @property
-    def portNumber(self) -> int | None:
-        return self.port.getHost().port if self.port is not None else None  # type: ignore[attr-defined]
-
-    def nextConnection(self) -> connection.SSHConnection | None:
-        if not self.connections:
-            return None
-        self._next = (self._next + 1) % len(self.connections)
-        return self.connections[self._next]
-
-
-class _RoundRobinFactory(forwarding.SSHListenForwardingFactory):
-    """
-    Opens each accepted connection as a channel on the connector's next live
-    SSH connection.
-    """
-
-    def __init__(self, forward: _ConnectorForward) -> None:
-        self.forward = forward
-        self.klass = forwarding.SSHListenServerForwardingChannel
-
-    def buildProtocol(self, addr: Any) -> Any:
-        conn = self.forward.nextConnection()
-        if conn is None:
-            return None
-        self.conn = conn
-        self.hostport = ("localhost", self.forward.portNumber)
-        return super().buildProtocol(addr)
-
-
-class Forwards:
-    """
-    Every connector's forward: one loopback listening port per connector,
-    opened with its first forward and closed with its last.
-
-    @ivar listenHost: where the SaaS side connects.
-    """
-
-    def __init__(self, reactor: Any, registry: Registry, listenHost: str = "127.0.0.1") -> None:
-        self.reactor = reactor
-        self.registry = registry
-        self.listenHost = listenHost
-        self._forwards: dict[str, _ConnectorForward] = {}
-
-    def portFor(self, connectorId: str) -> int | None:
-        forward = self._forwards.get(connectorId)
-        return forward.portNumber if forward is not None else None
-
-    def add(self, connectorId: str, conn: connection.SSHConnection) -> int:
-        forward = self._forwards.setdefault(connectorId, _ConnectorForward(connectorId))
-        if forward.port is None:
-            forward.port = self.reactor.listenTCP(0, _RoundRobinFactory(forward), interface=self.listenHost)
-        if conn not in forward.connections:
-            forward.connections.append(conn)
-        port = forward.portNumber
-        assert port is not None
-        self._report(forward)
-        _log.info("connector {id}: forward on port {port}", id=connectorId, port=port)
-        return port
-
-    def remove(self, connectorId: str, conn: connection.SSHConnection) -> None:
-        forward = self._forwards.get(connectorId)
-        if forward is None or conn not in forward.connections:
-            return
-        forward.connections.remove(conn)
-        if not forward.connections:
-            assert forward.port is not None
-            forward.port.stopListening()
-            forward.port = None
-            del self._forwards[connectorId]
-        self._report(forward)
-
-    def _report(self, forward: _ConnectorForward) -> None:
-        self.registry.setStatus(forward.connectorId, len(forward.connections), forward.portNumber)
+    def _checkGeneration(self, user: str, identity: str) -> None:
+        parsed = parseKeyId(identity)
+        if parsed is None or parsed[0] != user:
+            raise CertificateRejected(f"key ID {identity!r} does not name {user!r}")
+        current = self.registry.generation(user)
+        if current is None:
+            raise CertificateRejected("unknown connector")
+        if parsed[1] != current:
+            raise CertificateRejected("certificate issued before the token was regenerated or revoked")
 
 
 class ConnectorAvatar(avatar.ConchUser):
     """
-    A logged-in connector: may ask for a remote forward and nothing else.
+    A logged-in connector: may ask for a remote forward, cancel it, and
+    nothing else.
+
+    @ivar session: its entry in the forward table.
     """
 
     conn: connection.SSHConnection | None = None
 
-    def __init__(self, connectorId: str, forwards: Forwards) -> None:
+    def __init__(self, session: Session, forwards: Forwards) -> None:
         super().__init__()
-        self.connectorId = connectorId
+        self.session = session
         self.forwards = forwards
 
     def global_tcpip_forward(self, data: bytes) -> Any:
-        # Whatever the connector asks for, it gets its loopback port.
-        if self.conn is None:
+        # Whatever port it asks for, it gets its connector's loopback port.
+        try:
+            bindAddress, _ = forwarding.unpackGlobal_tcpip_forward(data)
+        except (struct.error, UnicodeDecodeError):
             return 0
-        port = self.forwards.add(self.connectorId, self.conn)
+        port = self.forwards.grant(self.session, bindAddress)
         return 1, struct.pack(">L", port)
 
     def global_cancel_tcpip_forward(self, data: bytes) -> int:
-        if self.conn is not None:
-            self.forwards.remove(self.connectorId, self.conn)
+        self.forwards.cancel(self.session)
         return 1
 
     def logout(self) -> None:
-        if self.conn is not None:
-            self.forwards.remove(self.connectorId, self.conn)
+        self.forwards.logout(self.session)
+
+
+class RelayConnection(connection.SSHConnection):
+    """
+    Conch's connection service, with three changes: it enters its session in
+    the forward table when it starts; it refuses every channel the connector
+    opens; and it sends no window adjustment for a channel whose platform
+    socket is full (C{windowHeld}), so memory stays bounded.
+    """
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        user = self._avatar()
+        assert self.transport is not None
+        peer = self.transport.getPeer().address
+        user.session.peer = f"{peer.host}:{peer.port}"
+        user.session.conn = self
+        user.forwards.login(user.session)
+
+    def serviceStopped(self) -> None:
+        # Out of the table first: the channels still opening on this
+        # connection fail below, and their streams must go elsewhere.
+        user = self._avatar()
+        user.forwards.logout(user.session)
+        super().serviceStopped()
+
+    def _avatar(self) -> ConnectorAvatar:
+        assert self.transport is not None
+        user = self.transport.avatar
+        assert isinstance(user, ConnectorAvatar)
+        return user
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        assert self.transport is not None
+        try:
+            channelType, rest = getNS(packet)
+            (senderChannel,) = struct.unpack(">L", rest[:4])
+        except (struct.error, IndexError):
+            self.transport.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"malformed CHANNEL_OPEN")
+            return
+        session = self._avatar().session
+        _log.warn(
+            "refused a {type} channel from connector {id} at {peer}: connectors may only forward",
+            type=channelType[:64].decode("ascii", "replace"),
+            id=session.connectorId,
+            peer=session.peer,
+        )
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_FAILURE,
+            struct.pack(">2L", senderChannel, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+            + NS(b"connectors may only forward")
+            + NS(b""),
+        )
+
+    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
+        if getattr(channel, "windowHeld", False):
+            return
+        super().adjustWindow(channel, bytesToAdd)
 
 
 @implementer(portal.IRealm)
 class _Realm:
-    def __init__(self, forwards: Forwards, registry: Registry) -> None:
+    def __init__(self, reactor: Any, forwards: Forwards, registry: Registry) -> None:
+        self.reactor = reactor
         self.forwards = forwards
         self.registry = registry
 
@@ -208,9 +199,12 @@ class _Realm:
         self, avatarId: bytes | tuple[()], mind: object, *interfaces_: Any
     ) -> tuple[Any, Any, Callable[[], None]]:
         assert isinstance(avatarId, bytes)
-        connectorId = avatarId.decode()
+        parsed = parseKeyId(avatarId.decode())
+        assert parsed is not None  # CertificateChecker checked it
+        connectorId, generation = parsed
         self.registry.seen(connectorId)
-        user = ConnectorAvatar(connectorId, self.forwards)
+        session = Session(connectorId, generation, "", self.reactor.seconds())
+        user = ConnectorAvatar(session, self.forwards)
         return interfaces.IConchUser, user, user.logout
 
 
@@ -221,15 +215,18 @@ class _RelaySSHFactory(factory.SSHFactory):
 
     portal: portal.Portal
     noisy = False
+    protocol = StrictKexServerTransport
 
 
-def makeServerFactory(hostKey: keys.Key, ca: CertificateAuthority, forwards: Forwards) -> factory.SSHFactory:
+def makeServerFactory(
+    reactor: Any, hostKey: keys.Key, ca: CertificateAuthority, registry: Registry, forwards: Forwards
+) -> factory.SSHFactory:
     """
     The SSH server factory of the relay.
     """
     serverFactory = _RelaySSHFactory()
     serverFactory.publicKeys = {b"ssh-ed25519": hostKey.public()}
     serverFactory.privateKeys = {b"ssh-ed25519": hostKey}
-    serverFactory.services = {b"ssh-userauth": CertificateUserAuth, b"ssh-connection": connection.SSHConnection}
-    serverFactory.portal = portal.Portal(_Realm(forwards, forwards.registry), [CertificateChecker(ca)])
+    serverFactory.services = {b"ssh-userauth": CertificateUserAuth, b"ssh-connection": RelayConnection}
+    serverFactory.portal = portal.Portal(_Realm(reactor, forwards, registry), [CertificateChecker(ca, registry)])
     return serverFactory

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_token -*-
+# -*- test-case-name: tests.integration.test_relay_admin -*-
 """
 C{twistd incident-relay}: options and the service.
 """
@@ -6,8 +6,9 @@ C{twistd incident-relay}: options and the service.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application import service
 from twisted.conch.ssh import keys
@@ -16,15 +17,33 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ..options import fail
-from .api import RelayAPI, makeAPI
+from .admin import AdminAPI, checkAdminEndpoint, makeAdminAPI
+from .api import makeConnectorAPI
 from .ca import CertificateAuthority, loadOrCreateKey, publicLine
+from .forwards import Forwards
 from .registry import Registry
-from .ssh import Forwards, makeServerFactory
+from .revocation import RevocationService
+from .ssh import makeServerFactory
 
 __all__ = ["Options", "makeService"]
 
 _log = Logger()
+
+
+def fail(message: str) -> NoReturn:
+    """
+    Print one line and exit with status 2 (a usage error).
+    """
+    sys.stderr.write(f"incident-relay: error: {message}\n")
+    raise SystemExit(2)
+
+
+def defaultAdminEndpoint(dataDir: str) -> str:
+    """
+    A Unix socket in the data directory, reachable by its owner only.
+    """
+    path = str(Path(dataDir) / "admin.sock").replace("\\", "\\\\").replace(":", "\\:")
+    return f"unix:{path}:mode=600"
 
 
 def parseDuration(text: str) -> float:
@@ -43,7 +62,8 @@ class Options(usage.Options):
     optParameters = [
         ["data-dir", None, "relay-data", "Registry, CA and host key live here."],
         ["ssh-listen", None, "tcp:2222", "Server endpoint for connectors' SSH connections."],
-        ["api-listen", None, "tcp:8080:interface=127.0.0.1", "Server endpoint for the HTTP(S) API."],
+        ["api-listen", None, "tcp:8080:interface=127.0.0.1", "Server endpoint for connectors' certificate API."],
+        ["admin-listen", None, None, "Server endpoint for the admin API (default: unix:DATA-DIR/admin.sock:mode=600)."],
         ["certificate-lifetime", None, "15m", "Lifetime of issued certificates (900, 90s, 15m, 1h)."],
         ["public-hosts", None, "localhost,127.0.0.1", "Names connectors dial, for the known_hosts they get."],
         ["forward-host", None, "127.0.0.1", "Address the SaaS side connects to for each connector's port."],
@@ -60,6 +80,12 @@ class Options(usage.Options):
             self["certificate-lifetime"] = parseDuration(self["certificate-lifetime"])
         except ValueError as e:
             raise usage.UsageError(f"--certificate-lifetime: {e}") from None
+        if self["admin-listen"] is None:
+            self["admin-listen"] = defaultAdminEndpoint(self["data-dir"])
+        try:
+            checkAdminEndpoint(self["admin-listen"])
+        except ValueError as e:
+            raise usage.UsageError(f"--admin-listen: {e}") from None
 
 
 class _Listen(service.Service):
@@ -83,7 +109,9 @@ class _Listen(service.Service):
         _log.info("{what} listening on {address}", what=self.name, address=port.getHost())
 
     def _failed(self, reason: Any) -> None:
-        _log.failure("cannot listen on {description}", reason, description=self.description)
+        _log.error(
+            "cannot listen on {description}: {error}", description=self.description, error=reason.getErrorMessage()
+        )
         self.reactor.stop()
 
     def stopService(self) -> Any:
@@ -97,13 +125,11 @@ def buildRelay(options: Options, reactor: Any) -> service.MultiService:
     dataDir = Path(options["data-dir"])
     dataDir.mkdir(parents=True, exist_ok=True, mode=0o700)
     registry = Registry(dataDir / "registry.sqlite3")
-    registry.clearStatus()
     hostKey = loadOrCreateKey(dataDir / "host_ed25519")
     ca = CertificateAuthority(loadOrCreateKey(dataDir / "user_ca"), options["certificate-lifetime"])
-    forwards = Forwards(reactor, registry, options["forward-host"])
-    conchHostKey = keys.Key(hostKey)
+    forwards = Forwards(reactor, options["forward-host"])
     top = service.MultiService()
-    ssh = _Listen(reactor, options["ssh-listen"], makeServerFactory(conchHostKey, ca, forwards))
+    ssh = _Listen(reactor, options["ssh-listen"], makeServerFactory(reactor, keys.Key(hostKey), ca, registry, forwards))
     ssh.setName("ssh")
     ssh.setServiceParent(top)
 
@@ -115,9 +141,13 @@ def buildRelay(options: Options, reactor: Any) -> service.MultiService:
         )
         return f"{names} {publicLine(hostKey.public_key()).decode()}\n"
 
-    api = _Listen(reactor, options["api-listen"], makeAPI(RelayAPI(reactor, registry, ca, forwards, knownHosts)))
+    api = _Listen(reactor, options["api-listen"], makeConnectorAPI(registry, ca, knownHosts))
     api.setName("api")
     api.setServiceParent(top)
+    admin = _Listen(reactor, options["admin-listen"], makeAdminAPI(AdminAPI(reactor, registry, forwards)))
+    admin.setName("admin")
+    admin.setServiceParent(top)
+    RevocationService(reactor, registry, forwards).setServiceParent(top)
     return top
 
 

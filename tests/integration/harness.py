@@ -88,15 +88,17 @@ class Relay:
     @ivar port: where it listens.
     @ivar hostKeyLine: its public host key, as in a .pub file.
     @ivar log: its log file (C{-E}).
+    @ivar matchConfig: C{Match} blocks, written after everything else.
     """
 
-    def __init__(self, workdir: Path, extraConfig: str = "", port: int | None = None) -> None:
+    def __init__(self, workdir: Path, extraConfig: str = "", port: int | None = None, matchConfig: str = "") -> None:
         if not os.path.exists(SSHD):
             raise AssertionError(f"sshd not found at {SSHD}: install openssh-server (.ci/run does)")
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or freePort()
         self.extraConfig = extraConfig
+        self.matchConfig = matchConfig
         self.process: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "sshd.log"
         self.userKey = self.dir / "id_ed25519"
@@ -142,6 +144,8 @@ class Relay:
                     "PermitRootLogin prohibit-password",
                     "AllowTcpForwarding remote",
                     "LogLevel VERBOSE",
+                    # Match blocks run to the end of the file: last.
+                    self.matchConfig,
                 ]
             )
             + "\n"
@@ -472,8 +476,10 @@ class ReferenceRelay:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ReferenceRelay:
+        # A relative data directory keeps its admin socket's path under the
+        # 107 bytes a Unix socket path may have (the test's own directory is deep).
         command = [
-            *twistdCommand(), "-n", "--pidfile=", "incident-relay", "--data-dir", str(self.dataDir),
+            *twistdCommand(), "-n", "--pidfile=", "incident-relay", "--data-dir", "data",
             "--ssh-listen", f"tcp:{self.sshPort}:interface=127.0.0.1", "--api-listen", self.apiListen,
             "--certificate-lifetime", self.lifetime,
         ]  # fmt: skip
@@ -501,11 +507,16 @@ class ReferenceRelay:
         self.process = None
 
     def cli(self, *args: str) -> str:
+        """
+        Run C{incident-relay --data-dir data ARGS...} where the relay runs
+        (so its admin socket is C{data/admin.sock}); return its output.
+        """
         result = subprocess.run(
-            [sys.executable, "-c", "from incident_connector.relay.cli import run; run()",
-             "--data-dir", str(self.dataDir), *args],
-            capture_output=True, text=True, timeout=30, cwd=REPO, check=True,
+            [sys.executable, "-c", "from incident_connector.relay.cli import run; run()", "--data-dir", "data", *args],
+            capture_output=True, text=True, timeout=60, cwd=self.dir, env=dict(os.environ, PYTHONPATH=str(REPO)),
         )  # fmt: skip
+        if result.returncode != 0:
+            raise AssertionError(f"incident-relay {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
         return result.stdout
 
     def add(self, name: str) -> tuple[str, str]:
