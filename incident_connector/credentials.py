@@ -40,6 +40,11 @@ class StaticCredentials:
     def get(self) -> defer.Deferred[Credentials]:
         return defer.succeed(self.credentials)
 
+    def invalidate(self) -> None:
+        """
+        Key files cannot be renewed: the next attempt uses them again.
+        """
+
 
 def loadOrCreateKey(stateDir: Path) -> Key:
     """
@@ -114,6 +119,14 @@ class TokenCredentials:
         if len(self._waiting) == 1:  # one request to the API, however many callers
             defer.ensureDeferred(self._renew()).addBoth(self._deliver)
         return mine
+
+    def invalidate(self) -> None:
+        """
+        The relay refused the certificate (revoked, or the token was
+        regenerated): buy a new one before the next attempt instead of
+        retrying this one until its renewal time.
+        """
+        self._credentials = None
 
     def _deliver(self, result: Credentials | Failure) -> None:
         waiting, self._waiting = self._waiting, []

@@ -52,6 +52,12 @@ class CredentialsSource(Protocol):
         Credentials valid for a connection attempt starting now.
         """
 
+    def invalidate(self) -> None:
+        """
+        The relay refused the last credentials: do not offer them again if
+        they can be renewed.
+        """
+
 
 def loadIdentity(path: str) -> keys.Key:
     """

@@ -277,6 +277,8 @@ class RelayService(service.Service):
             self.attemptStarted = None
             error = cast(Exception, reason.value)
             self.attemptFailed(error, error.reason if isinstance(error, TunnelError) else "error")
+            if isinstance(error, TunnelError) and error.reason == "auth":
+                self.credentials.invalidate()
             proto.loseConnection()
 
         def lost(message: str) -> None:
