@@ -7,14 +7,12 @@ C{connector-proxy} command's exit statuses, C{--help} and C{--version}.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -129,13 +127,10 @@ class DocumentedCommandLineTests(SynchronousTestCase):
         return connector
 
     def probe(self, destination: str) -> str:
-        request = urllib.request.Request(
-            f"{self.relay.apiURL}/v1/connectors/{self.connectorId}/test",
-            data=json.dumps({"destination": destination}).encode(),
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=40) as response:
-            return str(json.load(response)["result"])
+        """
+        The relay's test call (on its admin socket), as the platform would make it.
+        """
+        return self.relay.cli("test", self.connectorId, destination).strip()
 
     def assertServing(self, connector: Connector) -> None:
         port = connector.allocatedPort(timeout=30)
