@@ -195,10 +195,13 @@ class Connector:
 
     @ivar output: the file collecting its stdout and stderr.
     @ivar metricsPort: where its /metrics, /healthz and /readyz are served.
+    @ivar prelude: Python run in the connector's process before twistd
+        starts (a test device, e.g. narrowing the algorithms it offers).
     """
 
-    def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, args: list[str], env: dict[str, str] | None = None, prelude: str = "") -> None:
         self.dir = workdir
+        self.prelude = prelude
         self.dir.mkdir(parents=True, exist_ok=True)
         self.output = self.dir / f"connector-{id(self)}.log"
         self.metricsPort = freePort()
@@ -211,7 +214,7 @@ class Connector:
         env["PYTHONPATH"] = str(REPO)
         env.update(self.env)
         metrics = f"--metrics-listen=tcp:{self.metricsPort}:interface=127.0.0.1"
-        command = [*twistdCommand(), "-n", "--pidfile=", "incident-connector", metrics, *self.args]
+        command = [*twistdCommand(self.prelude), "-n", "--pidfile=", "incident-connector", metrics, *self.args]
         with open(self.output, "ab") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=out, cwd=self.dir, env=env)
         return self
@@ -284,8 +287,8 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def twistdCommand() -> list[str]:
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+def twistdCommand(prelude: str = "") -> list[str]:
+    return [sys.executable, "-c", f"{prelude}\nfrom twisted.scripts.twistd import run; run()"]
 
 
 class _Server(socketserver.ThreadingTCPServer):
