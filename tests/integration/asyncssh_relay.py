@@ -50,6 +50,17 @@ class RelayServer(asyncssh.SSHServer):
         # Authentication is required; authorized_client_keys decides.
         return True
 
+    def auth_completed(self) -> None:
+        assert self._conn is not None
+        info = self._conn.get_extra_info
+        log.info(
+            "algorithms: client->server %s %s, server->client %s %s",
+            info("recv_cipher"),
+            info("recv_mac"),
+            info("send_cipher"),
+            info("send_mac"),
+        )
+
     def server_requested(self, listen_host: str, listen_port: int) -> Any:
         return self._listen(listen_host, listen_port)
 

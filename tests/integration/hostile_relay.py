@@ -43,13 +43,14 @@ import argparse
 import struct
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.conch import avatar, interfaces
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
 from twisted.conch.ssh import channel, common, connection, factory, forwarding, keys, transport, userauth
 from twisted.cred import portal
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTCP
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTCP, ITCPTransport
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -87,6 +88,13 @@ HOSTILE_DISCONNECT_TEXT = (
 )
 
 log = Logger(namespace="hostile")
+
+
+def _connected(tcp: object) -> bool:
+    """
+    Whether C{tcp}, a transport or L{None}, is still connected.
+    """
+    return bool(getattr(tcp, "connected", False))
 
 
 class HostileTransport(transport.SSHServerTransport):
@@ -159,9 +167,9 @@ class HostileTransport(transport.SSHServerTransport):
             return
 
         def hangUp() -> None:
-            if self.transport is not None and self.transport.connected:
+            if _connected(self.transport):
                 log.info("hanging up connection {number}", number=self.number)
-                self.transport.abortConnection()  # type: ignore[attr-defined]
+                cast(ITCPTransport, self.transport).abortConnection()
 
         self.factory.reactor.callLater(self.factory.hangupAfter, hangUp)
 
@@ -210,7 +218,8 @@ class _Flood:
         self.stopped = False
 
     def start(self) -> None:
-        tcp = self.conn.transport.transport
+        # A TCP transport is a push producer (its reading) and a consumer.
+        tcp = cast(Any, self.conn.transport.transport)
         tcp.pauseProducing()  # stop reading: nothing the connector says is heard
         tcp.registerProducer(self, True)
         self._report()
@@ -294,7 +303,7 @@ class HostileConnection(connection.SSHConnection):
             self, (host, port), forwarding.SSHListenServerForwardingChannel
         )
         self.port = reactor.listenTCP(port, listener, interface="127.0.0.1")
-        self.allocated = self.port.getHost().port  # type: ignore[attr-defined]
+        self.allocated = cast(IPv4Address, self.port.getHost()).port
         listener.hostport = (host, self.allocated)
         log.info(
             "Allocated port {allocated} for remote forward (asked for {host}:{port})",
@@ -309,7 +318,7 @@ class HostileConnection(connection.SSHConnection):
         return 1
 
     def _play(self, case: str) -> None:
-        if self.transport.transport is None or not self.transport.transport.connected:
+        if not _connected(self.transport.transport):
             return
         getattr(self, "play_" + case.replace("-", "_"))()
         self.transport.hangUpLater()
@@ -438,11 +447,9 @@ def main(argv: list[str]) -> None:
     serverFactory = HostileFactory(
         reactor, hostKey, Path(arguments.authorized_keys), arguments.case, arguments.times, arguments.hangup_after
     )
-    tcp: IReactorTCP = reactor  # type: ignore[assignment]
-    tcp.listenTCP(arguments.port, serverFactory, interface="127.0.0.1")
+    cast(IReactorTCP, reactor).listenTCP(arguments.port, cast(Any, serverFactory), interface="127.0.0.1")
     log.info("listening on 127.0.0.1:{port}, case {case}", port=arguments.port, case=arguments.case)
-    core: IReactorCore = reactor  # type: ignore[assignment]
-    core.run()
+    cast(IReactorCore, reactor).run()
 
 
 __all__ = ["CASES", "HOSTILE_DISCONNECT_TEXT", "HostileFactory", "main"]

@@ -6,8 +6,9 @@ C{hostKeyLine}, C{fingerprint}, C{log}, C{start()}, C{stop()},
 C{knownHosts()}, C{freeze()}, C{thaw()}), so a test swaps one for another by
 assigning C{self.relay} in a L{harness.TunnelTestCase}.  Each also reads its
 own log: L{RelayFixture.protocolErrors} lists the lines where the server saw
-something wrong, L{RelayFixture.keyExchanges} counts key exchanges (or is
-L{None} when the server does not log them).
+something wrong, L{RelayFixture.keyExchanges} counts key exchanges, and
+L{RelayFixture.negotiated} lists the client-to-server cipher and MAC of each
+(both L{None} when the server does not log them).
 
   - L{SshdRelay}: OpenSSH C{sshd} (L{harness.Relay}) with ciphers, MACs and
     C{RekeyLimit} as arguments.
@@ -75,6 +76,8 @@ class RelayFixture(Protocol):
 
     def keyExchanges(self) -> int | None: ...
 
+    def negotiated(self) -> list[tuple[str, str]] | None: ...
+
 
 def loginUser() -> str:
     """
@@ -88,6 +91,12 @@ def _matching(log: Path, pattern: re.Pattern[str]) -> list[str]:
     if not log.exists():
         return []
     return [line for line in log.read_text(errors="replace").splitlines() if pattern.search(line)]
+
+
+def _pair(pattern: re.Pattern[str], line: str) -> tuple[str, str]:
+    match = pattern.search(line)
+    assert match is not None
+    return match.group(1), match.group(2)
 
 
 class SshdRelay(Relay):
@@ -104,7 +113,7 @@ class SshdRelay(Relay):
     # sshd -e writes "error: ..." / "fatal: ..." for what it refuses, and
     # names packet-level failures; a client that leaves cleanly logs none.
     _PROBLEMS = re.compile(
-        r"^(error|fatal):|protocol error|Corrupted MAC|Bad packet length|message authentication code incorrect"
+        r"^(error|fatal):|protocol[ _]error|Corrupted MAC|Bad packet length|message authentication code incorrect"
         r"|ssh_dispatch_run_fatal|Disconnecting"
     )
 
@@ -130,6 +139,10 @@ class SshdRelay(Relay):
             lines.append(f"RekeyLimit {rekeyLimit}")
         super().__init__(workdir, "\n".join([extraConfig, *lines]), port)
 
+    def start(self) -> SshdRelay:
+        super().start()
+        return self
+
     def protocolErrors(self) -> list[str]:
         return _matching(self.log, self._PROBLEMS)
 
@@ -139,6 +152,14 @@ class SshdRelay(Relay):
         naming the client-to-server cipher (one per exchange).
         """
         return len(_matching(self.log, re.compile(r"kex: client->server cipher:")))
+
+    def negotiated(self) -> list[tuple[str, str]]:
+        """
+        The client-to-server cipher and MAC of each key exchange (C{<implicit>}
+        for an AEAD cipher).
+        """
+        pattern = re.compile(r"kex: client->server cipher: (\S+) MAC: (\S+)")
+        return [_pair(pattern, line) for line in _matching(self.log, pattern)]
 
 
 class _ProcessRelay:
@@ -311,6 +332,9 @@ class DropbearRelay(_ProcessRelay):
         """
         return None
 
+    def negotiated(self) -> None:
+        return None
+
 
 class AsyncSSHRelay(_ProcessRelay):
     """
@@ -391,6 +415,14 @@ class AsyncSSHRelay(_ProcessRelay):
     def keyExchanges(self) -> int:
         return len(_matching(self.log, re.compile(r"Completed key exchange")))
 
+    def negotiated(self) -> list[tuple[str, str]]:
+        """
+        The client-to-server cipher and MAC of the first key exchange of
+        each connection (an AEAD cipher's MAC is its own name).
+        """
+        pattern = re.compile(r"algorithms: client->server (\S+) (\S+),")
+        return [_pair(pattern, line) for line in _matching(self.log, pattern)]
+
 
 class HostileRelay(_ProcessRelay):
     """
@@ -459,3 +491,6 @@ class HostileRelay(_ProcessRelay):
 
     def keyExchanges(self) -> int:
         return len(_matching(self.log, re.compile(r"NEWKEYS received")))
+
+    def negotiated(self) -> None:
+        return None

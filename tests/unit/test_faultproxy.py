@@ -12,6 +12,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -35,7 +37,7 @@ def sink(sock: socket.socket) -> None:
 
 
 class FaultProxyTests(SynchronousTestCase):
-    def proxyTo(self, handler, **kwargs) -> tuple[FaultProxy, Target]:  # type: ignore[no-untyped-def]
+    def proxyTo(self, handler: Callable[[socket.socket], None], **kwargs: Any) -> tuple[FaultProxy, Target]:
         target = Target(handler)
         self.addCleanup(target.close)
         proxy = FaultProxy(("127.0.0.1", target.port), **kwargs).start()
