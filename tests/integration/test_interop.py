@@ -1,7 +1,7 @@
 """
 The connector against SSH servers nobody here wrote: OpenSSH C{sshd},
 Dropbear and AsyncSSH.  For each server, every cipher and every MAC both
-sides have carries 64 MiB each way through one SOCKS stream while the keys
+sides have carries 64 MiB each way at once through one SOCKS stream while the keys
 change every MiB; then a new stream still works on the same connection and
 the server saw no protocol error.  Also: relays that allow only EtM MACs,
 relays that share no MAC with the connector, and the connector's own
@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -155,8 +156,9 @@ class InteropTestCase(TunnelTestCase):
 
     def transferBothWays(self, port: int, size: int = TRANSFER) -> None:
         """
-        C{size} bytes down, then up, each through its own SOCKS stream,
-        checked by SHA-256 at the far end.
+        C{size} bytes each way at once through one SOCKS stream: the far
+        end sends its C{size} bytes while it reads ours, then answers with
+        the SHA-256 of what it read; we check both.
         """
         if len(self.payload) != size:
             self.payload = os.urandom(MiB) * (size // MiB)
@@ -164,27 +166,38 @@ class InteropTestCase(TunnelTestCase):
         digest = hashlib.sha256(payload).hexdigest()
 
         def both(sock: socket.socket) -> None:
-            if sock.recv(1) == b"D":
-                sock.sendall(payload)
-                return
-            sock.sendall(hashUntilEnd(sock).encode())
+            sender = threading.Thread(target=sock.sendall, args=(payload,), daemon=True)
+            sender.start()
+            received = hashUntilEnd(sock)
+            sender.join()
+            sock.sendall(received.encode())
 
         server = self.target(both)
         try:
             sock, code = socks5Connect(port, "127.0.0.1", server.port, timeout=120)
+            self.addCleanup(sock.close)
             self.assertEqual(code, 0)
-            sock.sendall(b"D")
-            self.assertEqual(hashUntilEnd(sock), digest, "download corrupted")
-            sock.close()
-            sock, code = socks5Connect(port, "127.0.0.1", server.port, timeout=120)
-            self.assertEqual(code, 0)
-            sock.sendall(b"U")
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            self.assertEqual(recvAll(sock).decode(), digest, "upload corrupted")
-            sock.close()
+
+            def upload() -> None:
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+
+            uploader = threading.Thread(target=upload, daemon=True)
+            uploader.start()
+            down = hashlib.sha256()
+            left = size
+            while left:
+                data = sock.recv(min(left, 1 << 20))
+                if not data:
+                    raise ConnectionError(f"stream ended after {size - left} of {size} bytes down")
+                down.update(data)
+                left -= len(data)
+            answer = recvAll(sock).decode()
+            uploader.join(120)
+            self.assertEqual(down.hexdigest(), digest, "download corrupted")
+            self.assertEqual(answer, digest, "upload corrupted")
         except (OSError, AssertionError) as e:
-            self.fail(f"transfer of {size // MiB} MiB each way failed: {e!r}{self.explain()}")
+            self.fail(f"{size // MiB} MiB each way failed: {e!r}{self.explain()}")
 
     def assertHealthy(self, port: int, leastKeyExchanges: int | None = None) -> None:
         """
