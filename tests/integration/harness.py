@@ -203,6 +203,8 @@ class Connector:
     @ivar output: the file collecting its stdout and stderr.
     @ivar metricsPort: where its /metrics, /healthz and /readyz are served.
     @ivar descriptorLimits: C{(soft, hard)} C{RLIMIT_NOFILE} to start it with, or L{None}.
+    @ivar prelude: Python run in the connector's process before twistd
+        starts (a test device, e.g. narrowing the algorithms it offers).
     """
 
     def __init__(
@@ -212,8 +214,10 @@ class Connector:
         env: dict[str, str] | None = None,
         program: list[str] | None = None,
         descriptorLimits: tuple[int, int] | None = None,
+        prelude: str = "",
     ) -> None:
         self.dir = workdir
+        self.prelude = prelude
         self.dir.mkdir(parents=True, exist_ok=True)
         self.output = self.dir / f"connector-{id(self)}.log"
         self.metricsPort = freePort()
@@ -228,7 +232,7 @@ class Connector:
         env["PYTHONPATH"] = str(REPO)
         metrics = f"tcp:{self.metricsPort}:interface=127.0.0.1"
         if self.program is None:
-            command = [*twistdCommand(), *reactorArguments(), "-n", "--pidfile=", "incident-connector"]
+            command = [*twistdCommand(self.prelude), *reactorArguments(), "-n", "--pidfile=", "incident-connector"]
             command += [f"--metrics-listen={metrics}", *self.args]
         else:
             command = [*self.program, *self.args]
@@ -318,8 +322,8 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def twistdCommand() -> list[str]:
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+def twistdCommand(prelude: str = "") -> list[str]:
+    return [sys.executable, "-c", f"{prelude}\nfrom twisted.scripts.twistd import run; run()"]
 
 
 def reactorArguments() -> list[str]:
