@@ -188,13 +188,13 @@ class RelayConnection(SSHService):
         interval = self.keepaliveInterval
         quiet = self.quietFor
         if quiet >= interval * (self.keepaliveCount + 1):
-            self.log.warn(
-                "relay{on} did not answer {count} keepalives (silent for {seconds:.0f} s): dropping the connection",
-                on=self._on(),
-                count=self.keepaliveCount,
-                seconds=quiet,
+            # One line, from the relay service: "connection lost after N s: ...".
+            self.transport.fail(
+                TunnelError(
+                    f"relay did not answer {self.keepaliveCount} keepalives (silent for {quiet:.0f} s)",
+                    "keepalive_timeout",
+                )
             )
-            self.transport.fail(TunnelError("relay stopped answering keepalives", "keepalive_timeout"))
             # A frozen relay never reads our DISCONNECT: don't wait for it.
             self.transport.abortConnection()
             return

@@ -335,7 +335,8 @@ class HostileConnection(connection.SSHConnection):
             else:
                 log.info("maxpacket0: the connector refused the channel: {reason}", reason=detail)
 
-        probe = _ProbeChannel(b"forwarded-tcpip", answered, greeting=b"\x05\x01\x00", localMaxPacket=0, conn=self)
+        probe = _ProbeChannel(b"forwarded-tcpip", answered, greeting=b"\x05\x01\x00", conn=self)
+        probe.localMaxPacket = 0  # SSHChannel's constructor takes 0 as "the default"
         self.openChannel(probe, forwarding.packOpen_forwarded_tcpip(("localhost", self.allocated), ("127.0.0.1", 9)))
         log.info("played maxpacket0: forwarded-tcpip opened with maximum packet size 0")
 

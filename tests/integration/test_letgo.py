@@ -112,7 +112,9 @@ class LetGoTests(TunnelTestCase):
             sock.close()
         waitFor(lambda: descriptors(pid) <= baseline, 20, "descriptors back to the baseline")
         waitFor(
-            lambda: 'incident_connector_streams_total{result="half_close_timeout"} 10.0' in connector.get("/metrics")[1],
+            lambda: (
+                'incident_connector_streams_total{result="half_close_timeout"} 10.0' in connector.get("/metrics")[1]
+            ),
             10,
             "ten half-close timeouts counted",
         )
