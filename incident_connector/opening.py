@@ -232,8 +232,9 @@ class Opening:
                 # The rule that allows the address actually dialled.
                 dialledRule = allowlist.ruleForAddresses([peer.host.split("%")[0]], request.port)
                 record.rule = dialledRule.text if dialledRule is not None else record.rule
-            record.reply = Reply.SUCCEEDED
-            self.channel.write(self.parser.reply(Reply.SUCCEEDED, (bound.host, bound.port)))
+            reply = self.parser.reply(Reply.SUCCEEDED, (bound.host, bound.port))
+            record.reply = reply[1]  # as sent: 0 for SOCKS5, 0x5A for SOCKS4
+            self.channel.write(reply)
             self.channel.resumeProducing()
             self.outcome.connected(target, self._pending, self._clientEOF)
 

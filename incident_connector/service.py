@@ -77,7 +77,12 @@ class ConnectorService(service.MultiService):
         """
         Called on SIGHUP: load the allowlist file again, open the audit log again.
         """
-        _log.info("SIGHUP: reloading the allowlist file and reopening the audit log")
+        doing = []
+        if self.allowlistFile is not None:
+            doing.append("reloading the allowlist file")
+        if self.audit is not None and self.audit.path != "-":
+            doing.append("reopening the audit log")
+        _log.info("SIGHUP: {doing}", doing=" and ".join(doing) or "nothing to reload")
         if self.allowlistFile is not None:
             self.allowlistFile.reload()
         if self.audit is not None:
@@ -130,7 +135,8 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
         reactor,
         metrics,
     )
-    openStreams = OpenStreams()
+    # Only a reload that closes streams needs to find them.
+    openStreams = OpenStreams() if options["close-disallowed-streams"] else None
     destinations = ObservedDestinations(reactor.seconds())
     sinks: list[Sink] = [logStream, meterStream(metrics), destinations]
     audit = AuditLog(options["audit-log"], metrics) if options["audit-log"] is not None else None
@@ -191,7 +197,7 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
         reactor.addSystemEventTrigger("before", "shutdown", _exitOnSecondSignal)
         reactor.addSystemEventTrigger("during", "shutdown", _cleanExit, reactor)
         hangup = getattr(signal, "SIGHUP", None)
-        if hangup is not None and (top.allowlistFile is not None or audit is not None):
+        if hangup is not None and (top.allowlistFile is not None or (audit is not None and audit.path != "-")):
             # Only then: otherwise SIGHUP keeps its default (the terminal went away: exit).
             signal.signal(hangup, lambda signum, frame: reactor.callFromThread(top.hangUp))
     return top

@@ -354,6 +354,16 @@ class RecordTests(SynchronousTestCase):
         self.assertEqual((record.verdict, record.rule, record.dialled), ("allow", "any", None))
         self.assertEqual((record.dialFailure, record.result, record.reply), ("refused", StreamResult.REFUSED, 5))
 
+    def test_socks4Reply(self) -> None:
+        """
+        The reply code is recorded as sent: SOCKS4 says 0x5A for success.
+        """
+        harness = Harness()
+        harness.feed(b"\x04\x01\x15\x38\x7f\x00\x00\x01\x00")
+        harness.accept()
+        harness.stream.connectionLost(_done())
+        self.assertEqual((harness.record.version, harness.record.reply), (4, 0x5A))
+
     def test_deniedAndInvalid(self) -> None:
         harness = self.opened("db:1", b"db")
         self.assertEqual(
