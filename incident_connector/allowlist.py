@@ -24,6 +24,7 @@ connector dials exactly those addresses (see L{Verdict}).
 from __future__ import annotations
 
 import enum
+import hashlib
 import ipaddress
 import re
 import socket
@@ -32,7 +33,16 @@ from dataclasses import dataclass
 
 import idna
 
-__all__ = ["Allowlist", "AllowlistError", "Destination", "InvalidDestination", "Rule", "Verdict", "normalize"]
+__all__ = [
+    "ANY_RULE",
+    "Allowlist",
+    "AllowlistError",
+    "Destination",
+    "InvalidDestination",
+    "Rule",
+    "Verdict",
+    "normalize",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -183,6 +193,10 @@ class Rule:
         return None
 
 
+#: The rule that matches when there is no list, or the list is C{any}.
+ANY_RULE = Rule("any")
+
+
 def _parsePorts(text: str, entry: str) -> tuple[int, int]:
     if text == "*":
         return 1, 65535
@@ -286,31 +300,99 @@ class Allowlist:
             return cls((), False)
         return cls(tuple(parseRule(entry) for entry in entries), False)
 
+    @classmethod
+    def parseLines(cls, text: str) -> Allowlist:
+        """
+        Parse an allowlist file: entries as in L{parse}, any number per line,
+        C{#} to the end of a line is a comment.  Unlike the option, a file
+        with no entry is an error, not "any destination": an emptied file
+        must not open everything.
+
+        @raise AllowlistError: the message starts with the line number.
+        """
+        entries = [
+            (number, entry)
+            for number, line in enumerate(text.splitlines(), 1)
+            for entry in line.split("#", 1)[0].split()
+        ]
+        if not entries:
+            raise AllowlistError("no entry (write 'any' or 'none' to mean everything or nothing)")
+        rules = []
+        for number, entry in entries:
+            if entry in ("any", "none"):
+                if len(entries) > 1:
+                    raise AllowlistError(f"line {number}: allowlist: {entry!r} must be the only entry")
+                return cls((), entry == "any")
+            try:
+                rules.append(parseRule(entry))
+            except AllowlistError as e:
+                raise AllowlistError(f"line {number}: {e}") from None
+        return cls(tuple(rules), False)
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """
+        The list as written, one entry each: C{any} or C{none} alone, or the rules' texts.
+        """
+        if self.permitAll:
+            return ("any",)
+        return tuple(rule.text for rule in self.rules) or ("none",)
+
+    def digest(self) -> str:
+        """
+        C{sha256:} and the hex digest of the entries, one per line: equal
+        lists have equal digests, however they are spread over lines or
+        commented.
+        """
+        return "sha256:" + hashlib.sha256("\n".join(self.entries).encode("utf-8")).hexdigest()
+
     def check(self, destination: Destination, port: int) -> Verdict:
         """
         Judge a destination before any lookup.
         """
-        if self.permitAll:
-            return Verdict.ALLOW
-        if destination.address is not None:
-            allowed = any(rule.matchesAddress(destination.address, port) for rule in self.rules)
-            return Verdict.ALLOW if allowed else Verdict.DENY
-        assert destination.name is not None
-        if any(rule.matchesName(destination.name, port) for rule in self.rules):
-            return Verdict.ALLOW
-        if any(rule.network is not None and rule.portMatches(port) for rule in self.rules):
-            return Verdict.CHECK_ADDRESSES
-        return Verdict.DENY
+        return self.match(destination, port)[0]
 
-    def allowsAddresses(self, addresses: Iterable[IPAddress], port: int) -> bool:
+    def match(self, destination: Destination, port: int) -> tuple[Verdict, Rule | None]:
+        """
+        Judge a destination before any lookup, and name the rule that allows
+        it: the first matching entry (L{ANY_RULE} with no list), or L{None}
+        when denied or when the addresses decide (L{ruleForAddresses}).
+        """
+        if self.permitAll:
+            return Verdict.ALLOW, ANY_RULE
+        if destination.address is not None:
+            rule = self._addressRule(destination.address, port)
+            return (Verdict.DENY, None) if rule is None else (Verdict.ALLOW, rule)
+        assert destination.name is not None
+        for rule in self.rules:
+            if rule.matchesName(destination.name, port):
+                return Verdict.ALLOW, rule
+        if any(rule.network is not None and rule.portMatches(port) for rule in self.rules):
+            return Verdict.CHECK_ADDRESSES, None
+        return Verdict.DENY, None
+
+    def _addressRule(self, address: IPAddress, port: int) -> Rule | None:
+        for rule in self.rules:
+            if rule.matchesAddress(address, port):
+                return rule
+        return None
+
+    def ruleForAddresses(self, addresses: Iterable[IPAddress | str], port: int) -> Rule | None:
+        """
+        For a name the addresses decide: the rule that allows the first
+        address, if every address is allowed (L{allowsAddresses}); else L{None}.
+        """
+        checked = [parseAddress(str(address)) for address in addresses]
+        if not checked or any(address is None for address in checked):
+            return None
+        rules = [self._addressRule(address, port) for address in checked if address is not None]
+        return rules[0] if all(rule is not None for rule in rules) else None
+
+    def allowsAddresses(self, addresses: Iterable[IPAddress | str], port: int) -> bool:
         """
         Whether every address a name resolved to is allowed (never true for none).
         """
-        checked = [parseAddress(str(address)) for address in addresses]
-        return bool(checked) and all(
-            address is not None and any(rule.matchesAddress(address, port) for rule in self.rules)
-            for address in checked
-        )
+        return self.ruleForAddresses(addresses, port) is not None
 
     def allows(self, host: str, port: int) -> bool:
         """

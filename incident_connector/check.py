@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.integration.test_observability -*-
 """
-C{incident-connector check [options]}: what an operator runs first.
+C{incident-connector check [options]}: what an operator runs first (and the
+C{incident-connector} command's other subcommands).
 
 Loads the same options (flags and environment) as the service and reports
 one line per step: options valid, relay reachable, host key verified,
@@ -23,6 +24,7 @@ from .credentials import TokenCredentials
 from .metrics import ConnectorMetrics
 from .options import Options, fail
 from .service import makeCredentials, relayEndpoint, relayFactory
+from .suggest import suggest
 from .tunnel.channel import ForwardedChannel
 from .tunnel.errors import TunnelError
 from .tunnel.interfaces import IStreamProtocol
@@ -144,8 +146,12 @@ USAGE = """\
 Usage: incident-connector COMMAND [options]
 
 Commands:
-  check    Check a configuration step by step: options, relay, host key,
-           login, forward, each allowlisted destination.
+  check              Check a configuration step by step: options, the allowlist
+                     file, relay, host key, login, forward, each allowlisted
+                     destination.
+  suggest-allowlist  Print an allowlist covering what a running connector
+                     allowed and connected to (--url, default
+                     http://127.0.0.1:9090: its --metrics-listen).
 
 Options: --help, --version.
 
@@ -166,12 +172,24 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> None:
     if args[0] == "--version":
         out.write(f"incident-connector {__version__}\n")
         return
+    if args[0] == "suggest-allowlist":
+        suggest(args[1:], out)
+        return
     if args[0] != "check":
-        fail(f"unknown command {args[0]!r}: the commands are check, and connector-proxy for the connector itself")
+        fail(
+            f"unknown command {args[0]!r}: the commands are check and suggest-allowlist, "
+            "and connector-proxy for the connector itself"
+        )
     options = Options()
     options.parseOptions(args[1:])
     report = Report(out)
     report.ok("options valid")
+    if options.allowlistFile is not None:
+        allowlist = options.allowlistFile.allowlist
+        report.ok(
+            f"allowlist file {options['forward-dest-allowlist-file']}: {len(allowlist.entries)} entries "
+            f"({allowlist.digest()})"
+        )
 
     async def run(reactor: Any) -> None:
         await _relaySteps(reactor, options, report)

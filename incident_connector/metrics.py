@@ -4,6 +4,9 @@ Prometheus metrics of the connector, in a registry of its own (so tests and
 several connectors in one process never share counters).
 
 Labels are bounded: results and reasons from fixed sets, never a destination.
+The C{rule} label is an allowlist entry as the operator wrote it (C{none}
+for a stream no entry allowed, C{any} with no list): bounded by the lists
+loaded since start, never by what clients request.
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ import twisted
 from . import __version__
 from .results import StreamResult
 
-__all__ = ["ConnectorMetrics"]
+__all__ = ["DIAL_FAILURE_REASONS", "RELOAD_RESULTS", "ConnectorMetrics"]
+
+#: The C{reason} label of C{incident_connector_dial_failures_total}.
+DIAL_FAILURE_REASONS = ("dns_error", "refused", "unreachable", "timeout", "address_not_allowed")
+#: The C{result} label of C{incident_connector_allowlist_reloads_total}.
+RELOAD_RESULTS = ("ok", "invalid", "unreadable")
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -89,8 +97,49 @@ class ConnectorMetrics:
         )
         self.dialSeconds = Histogram(
             prefix + "dial_seconds",
-            "Time to connect to a destination (successful dials).",
+            "Time to connect to a destination (successful dials, observed when the stream ends).",
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.ruleStreams = Counter(
+            prefix + "rule_streams",
+            "Streams ended, by the allowlist entry that allowed them (none: denied or never judged) and result.",
+            ["rule", "result"],
+            registry=registry,
+        )
+        self.ruleBytes = Counter(
+            prefix + "rule_bytes",
+            "Stream payload bytes by allowlist entry; up is client to destination.",
+            ["rule", "direction"],
+            registry=registry,
+        )
+        self.ruleDialSeconds = Histogram(
+            prefix + "rule_dial_seconds",
+            "Time to connect to a destination, by allowlist entry (successful dials).",
+            ["rule"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.dialFailures = Counter(
+            prefix + "dial_failures",
+            "Dials that failed, by allowlist entry and reason (" + ", ".join(DIAL_FAILURE_REASONS) + ").",
+            ["rule", "reason"],
+            registry=registry,
+        )
+        self.allowlistReloads = Counter(
+            prefix + "allowlist_reloads",
+            "Allowlist file loads after the first, by result (" + ", ".join(RELOAD_RESULTS) + ").",
+            ["result"],
+            registry=registry,
+        )
+        self.allowlistRules = Gauge(
+            prefix + "allowlist_rules",
+            "Entries in the allowlist in force (0 for any, none or no list).",
+            registry=registry,
+        )
+        self.auditWriteErrors = Counter(
+            prefix + "audit_write_errors",
+            "Audit records that could not be written (the stream was not affected).",
             registry=registry,
         )
         self.relayRefusals = Counter(
@@ -103,6 +152,8 @@ class ConnectorMetrics:
         # Pre-create label sets so a scrape shows zeros instead of nothing.
         for direction in ("up", "down"):
             self.bytes.labels(direction=direction)
+        for result in RELOAD_RESULTS:
+            self.allowlistReloads.labels(result=result)
 
     def trackDestinationBuffers(self, total: Callable[[], float]) -> None:
         """

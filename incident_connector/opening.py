@@ -11,12 +11,16 @@ starts again once the reply is out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IHostResolution, IResolutionReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .allowlist import Allowlist, InvalidDestination, Verdict, normalize
 from .dial import classify, dial
@@ -26,7 +30,15 @@ from .socks import ConnectRequest, MethodSelected, Reply, SOCKSError, SOCKSServe
 from .splice import TargetProtocol
 from .tunnel.interfaces import IStreamTransport
 
-__all__ = ["Opening", "OpeningSettings", "formatDestination"]
+__all__ = ["Opening", "OpeningSettings", "formatDestination", "streamIds"]
+
+
+def streamIds() -> Iterator[str]:
+    """
+    Stream IDs for one process run: a random prefix (so runs differ) and a count.
+    """
+    run = os.urandom(4).hex()
+    return (f"{run}-{n}" for n in itertools.count(1))
 
 
 @dataclass
@@ -39,6 +51,7 @@ class OpeningSettings:
     @ivar metrics: where handshakes and dials are timed.
     @ivar connectTimeout: seconds to resolve and connect to a destination.
     @ivar handshakeTimeout: seconds the client may take to send its request.
+    @ivar ids: gives each stream its ID.
     """
 
     reactor: Any
@@ -46,6 +59,7 @@ class OpeningSettings:
     metrics: ConnectorMetrics
     connectTimeout: float = 10.0
     handshakeTimeout: float = 10.0
+    ids: Iterator[str] = field(default_factory=streamIds)
 
 
 class OpeningOutcome(Protocol):
@@ -86,6 +100,7 @@ class Opening:
         self.record = record
         self.outcome = outcome
         self.parser = SOCKSServerParser()
+        record.id = next(settings.ids)
         self._pending: list[bytes] = []
         self._clientEOF = False
         self._requested = False
@@ -126,6 +141,16 @@ class Opening:
         if self._dialing is not None and not self._dialing.called:
             self._dialing.cancel()
 
+    def revoke(self) -> None:
+        """
+        The allowlist now in force does not allow the destination being
+        dialled: answer 0x02 (not allowed), close, and stop the dial.
+        """
+        dialing, self._dialing = self._dialing, None
+        self._fail(StreamResult.REVOKED, self.parser.reply(Reply.NOT_ALLOWED))
+        if dialing is not None and not dialing.called:
+            dialing.cancel()
+
     # Handshake.
 
     def _reply(self, response: bytes) -> None:
@@ -157,6 +182,7 @@ class Opening:
         self._stopTimer()
         settings.metrics.handshakeSeconds.observe(settings.reactor.seconds() - record.started)
         record.version = request.version
+        record.host = request.host
         record.requested = formatDestination(request.host, request.port)
         record.port = request.port
         if request.rest:
@@ -168,14 +194,20 @@ class Opening:
             return
         record.normalized = str(destination)
         allowlist = settings.allowlist()
-        verdict = allowlist.check(destination, request.port)
+        verdict, rule = allowlist.match(destination, request.port)
         if verdict is Verdict.DENY:
+            record.verdict = "deny"
             self._fail(StreamResult.DENIED, self.parser.reply(Reply.NOT_ALLOWED))
             return
+        if rule is not None:
+            record.verdict, record.rule = "allow", rule.text
+        else:
+            # Only IP rules could allow the name: its addresses decide (see _Recorder).
+            record.verdict = "unresolved"
         self.channel.pauseProducing()  # no more payload until the destination accepts
         started = settings.reactor.seconds()
         self._dialing = dial(
-            settings.reactor,
+            _Recorder(settings.reactor, allowlist, record),
             allowlist,
             destination,
             verdict,
@@ -190,14 +222,19 @@ class Opening:
                 assert target.transport is not None
                 target.transport.loseConnection()
                 return
-            settings.metrics.dialSeconds.observe(settings.reactor.seconds() - started)
+            record.dialSeconds = settings.reactor.seconds() - started
             self._done = True
             transport: Any = target.transport
             peer = transport.getPeer()
             bound = transport.getHost()
             record.dialled = formatDestination(peer.host, peer.port)
-            record.reply = Reply.SUCCEEDED
-            self.channel.write(self.parser.reply(Reply.SUCCEEDED, (bound.host, bound.port)))
+            if verdict is Verdict.CHECK_ADDRESSES:
+                # The rule that allows the address actually dialled.
+                dialledRule = allowlist.ruleForAddresses([peer.host.split("%")[0]], request.port)
+                record.rule = dialledRule.text if dialledRule is not None else record.rule
+            reply = self.parser.reply(Reply.SUCCEEDED, (bound.host, bound.port))
+            record.reply = reply[1]  # as sent: 0 for SOCKS5, 0x5A for SOCKS4
+            self.channel.write(reply)
             self.channel.resumeProducing()
             self.outcome.connected(target, self._pending, self._clientEOF)
 
@@ -206,6 +243,7 @@ class Opening:
             if self._done:
                 return
             code, result = classify(reason)
+            record.dialFailure = "address_not_allowed" if result == "denied" else result
             self._fail(StreamResult(result), self.parser.reply(code))
 
         self._dialing.addCallbacks(connected, failed)
@@ -221,6 +259,67 @@ class Opening:
             self.channel.write(reply)
         self.outcome.failed(result)
         self.channel.loseConnection()
+
+
+class _Recorder:
+    """
+    The reactor as L{dial} sees it, except that every answer of its name
+    resolver is also written into the stream's record: the addresses, and,
+    for a name only IP rules could allow, the verdict and rule, judged by
+    the same allowlist as L{dial} judges them, from the same answer.
+
+    (L{dial} keeps its addresses to itself; a hook there would replace this.)
+    """
+
+    __slots__ = ("_allowlist", "_reactor", "_record")
+
+    def __init__(self, reactor: Any, allowlist: Allowlist, record: StreamRecord) -> None:
+        self._reactor = reactor
+        self._allowlist = allowlist
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    @property
+    def nameResolver(self) -> Any:
+        return self
+
+    def resolveHostName(self, receiver: IResolutionReceiver, hostName: str, **kwargs: Any) -> Any:
+        return self._reactor.nameResolver.resolveHostName(_RecordingReceiver(self, receiver), hostName, **kwargs)
+
+    def resolved(self, addresses: list[str]) -> None:
+        record = self._record
+        record.addresses = addresses
+        if record.verdict == "unresolved" and record.port is not None:
+            rule = self._allowlist.ruleForAddresses(addresses, record.port)
+            record.verdict, record.rule = ("allow", rule.text) if rule is not None else ("deny", None)
+
+
+@implementer(IResolutionReceiver)
+class _RecordingReceiver:
+    """
+    Passes a resolution on, and gives the recorder the addresses at the end.
+    """
+
+    def __init__(self, recorder: _Recorder, receiver: IResolutionReceiver) -> None:
+        self.recorder = recorder
+        self.receiver = receiver
+        self.addresses: list[str] = []
+
+    def resolutionBegan(self, resolution: IHostResolution) -> None:
+        self.receiver.resolutionBegan(resolution)
+
+    def addressResolved(self, address: Any) -> None:
+        host = address.host.split("%")[0]
+        if host not in self.addresses:
+            self.addresses.append(host)
+        self.receiver.addressResolved(address)
+
+    def resolutionComplete(self) -> None:
+        if self.addresses:
+            self.recorder.resolved(self.addresses)
+        self.receiver.resolutionComplete()
 
 
 class _TargetFactory(protocol.ClientFactory):

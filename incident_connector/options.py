@@ -26,6 +26,7 @@ from . import __version__
 from .allowlist import Allowlist, AllowlistError
 from .api import isLoopbackURL
 from .keyfiles import sharedSecretWarning
+from .policy import FileLoadError, LoadedFile, readAllowlistFile
 from .proxy import proxyFor
 
 ENV_PREFIX = "INCIDENT_CONNECTOR_"
@@ -104,6 +105,14 @@ def _size(text: str) -> int:
     return int(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ")
 
 
+def _yesNo(text: str) -> bool:
+    if text.lower() in ("yes", "true", "on", "1"):
+        return True
+    if text.lower() in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("expected yes or no")
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def check(text: str) -> str:
         if text not in choices:
@@ -128,6 +137,19 @@ OPTIONS: list[tuple[str, Any, Callable[[str], Any] | None, str]] = [
     ("known-hosts", None, None, "OpenSSH known_hosts file that pins the relay's host key."),
     ("relay-host-key", None, None, "Relay host key fingerprint pin, SHA256:..."),
     ("forward-dest-allowlist", None, None, "Space-separated HOST:PORT destinations allowed (default: any)."),
+    (
+        "forward-dest-allowlist-file",
+        None,
+        None,
+        "File of allowlist entries, # comments allowed; reloaded on SIGHUP and when it changes.",
+    ),
+    (
+        "close-disallowed-streams",
+        "no",
+        _yesNo,
+        "yes: when the allowlist is reloaded, close open streams it no longer allows.",
+    ),
+    ("audit-log", None, None, "Write one JSON line per stream to this file (- for stdout); reopened on SIGHUP."),
     ("metrics-listen", "tcp:9090", None, "Twisted server endpoint for /metrics, /healthz, /readyz."),
     ("proxy", None, None, "HTTP proxy for the relay and the API, http://[user:pass@]host:port (beats HTTPS_PROXY)."),
     ("connections", 1, _positiveInt, "Independent SSH connections to the relay, each with its own forward."),
@@ -187,7 +209,7 @@ class Options(usage.Options):
     """
     Options of the connector.  After parsing, each value is under its option
     name (C{self["relay-address"]}), converted, with env and defaults applied.
-    Also set: C{relayHost}, C{relayPort}, C{allowlist}.
+    Also set: C{relayHost}, C{relayPort}, C{allowlist}, C{allowlistFile}.
     """
 
     synopsis = "[options]"
@@ -275,10 +297,7 @@ class Options(usage.Options):
             self.relayHost, self.relayPort = parseHostPort(self["relay-address"], 22)
         except ValueError as e:
             raise ConfigurationError(f"--relay-address: {e}") from None
-        try:
-            self.allowlist = Allowlist.parse(self["forward-dest-allowlist"])
-        except AllowlistError as e:
-            raise ConfigurationError(f"--forward-dest-allowlist: {e}") from None
+        self._loadAllowlist()
         pin = self["relay-host-key"]
         if pin is not None and not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}=?", pin):
             raise ConfigurationError(
@@ -302,6 +321,26 @@ class Options(usage.Options):
             self._validateToken()
         else:
             self._validateKey()
+
+    def _loadAllowlist(self) -> None:
+        """
+        Set C{allowlist} from the option or the file, and C{allowlistFile}
+        to the file as read (or L{None}).
+        """
+        self.allowlistFile: LoadedFile | None = None
+        if self["forward-dest-allowlist-file"] is not None:
+            if self["forward-dest-allowlist"] is not None:
+                raise ConfigurationError("give --forward-dest-allowlist or --forward-dest-allowlist-file, not both")
+            try:
+                self.allowlistFile = readAllowlistFile(self["forward-dest-allowlist-file"])
+            except FileLoadError as e:
+                raise ConfigurationError(str(e)) from None
+            self.allowlist = self.allowlistFile.allowlist
+            return
+        try:
+            self.allowlist = Allowlist.parse(self["forward-dest-allowlist"])
+        except AllowlistError as e:
+            raise ConfigurationError(f"--forward-dest-allowlist: {e}") from None
 
     def _apiURL(self) -> tuple[str, int]:
         """

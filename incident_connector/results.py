@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
-__all__ = ["StreamRecord", "StreamResult"]
+__all__ = ["StreamRecord", "StreamResult", "timestamp"]
+
+
+def timestamp(seconds: float) -> str:
+    """
+    A record's time as reports show it: RFC 3339 in UTC with microseconds,
+    e.g. C{2026-11-26T09:14:03.120544Z}.
+    """
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class StreamResult(enum.Enum):
@@ -29,6 +38,7 @@ class StreamResult(enum.Enum):
     RELAY_LOST = "relay_lost"
     LIMIT = "limit"
     DRAINING = "draining"
+    REVOKED = "revoked"
 
     @property
     def description(self) -> str:
@@ -48,6 +58,7 @@ _DESCRIPTIONS = {
     StreamResult.RELAY_LOST: "the relay connection ended while the stream was open",
     StreamResult.LIMIT: "refused: --max-streams streams were open",
     StreamResult.DRAINING: "refused: the connector is shutting down",
+    StreamResult.REVOKED: "closed: a reloaded allowlist no longer allows it (--close-disallowed-streams)",
 }
 
 
@@ -56,15 +67,23 @@ class StreamRecord:
     """
     What happened to one stream, filled in as it goes.
 
+    @ivar id: names the stream in the audit log, unique per process run.
     @ivar started: when the channel opened (Unix time).
     @ivar connection: the relay connection's label.
     @ivar originator: the relay-side client, C{(host, port)}, as reported.
     @ivar version: SOCKS 4 or 5, once known.
+    @ivar host: the requested host exactly as sent (each byte one Latin-1 character).
     @ivar requested: the destination as requested, C{host:port}, escaped.
     @ivar normalized: the host in normal form, if it had one.
     @ivar port: the requested port.
     @ivar addresses: the addresses the name resolved to, if looked up.
     @ivar dialled: the address and port connected to.
+    @ivar verdict: C{"allow"} or C{"deny"}, once the allowlist judged.
+    @ivar rule: the allowlist entry that allowed it, as written (C{any}
+        with no list); L{None} if denied or not judged.
+    @ivar dialSeconds: how long the successful dial took.
+    @ivar dialFailure: why a dial failed: C{dns_error}, C{refused},
+        C{unreachable}, C{timeout} or C{address_not_allowed}.
     @ivar reply: the SOCKS reply code sent, if any.
     @ivar result: how it ended, once it did.
     @ivar up: bytes from the client to the destination.
@@ -73,14 +92,20 @@ class StreamRecord:
     """
 
     started: float
+    id: str = ""
     connection: str = ""
     originator: tuple[str, int] = ("", 0)
     version: int | None = None
+    host: str | None = None
     requested: str = "-"
     normalized: str | None = None
     port: int | None = None
     addresses: list[str] = field(default_factory=list)
     dialled: str | None = None
+    verdict: str | None = None
+    rule: str | None = None
+    dialSeconds: float | None = None
+    dialFailure: str | None = None
     reply: int | None = None
     result: StreamResult | None = None
     up: int = 0

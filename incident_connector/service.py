@@ -20,17 +20,20 @@ from twisted.python.components import Componentized
 
 from . import _twisted
 from .api import CertificateAPI
+from .audit import AuditLog
 from .budget import Budget
 from .credentials import Credentials, StaticCredentials, TokenCredentials
+from .destinations import ObservedDestinations
 from .keyfiles import UnsafePermissions, checkPrivateFile
 from .limits import DescriptorLimitError, fitMaxStreams
 from .logs import makeObserver
 from .metrics import ConnectorMetrics
 from .opening import OpeningSettings
 from .options import Options, fail
+from .policy import AllowlistFile, AllowlistPolicy, OpenStreams
 from .proxy import HTTPConnectEndpoint
 from .splice import SpliceSettings
-from .stream import ForwardedStream, StreamSettings, logStream, meterStream
+from .stream import ForwardedStream, Sink, StreamSettings, logStream, meterStream
 from .tunnel.auth import RelayUserAuth, loadIdentity
 from .tunnel.certificates import CertificateError, UserCertificate
 from .tunnel.channel import ForwardedChannel
@@ -57,6 +60,8 @@ class ConnectorService(service.MultiService):
     @ivar metrics: its metrics.
     @ivar relays: the relay connection services.
     @ivar observer: the log observer twistd should use, or L{None}.
+    @ivar allowlistFile: reloads C{--forward-dest-allowlist-file}, if given.
+    @ivar audit: the C{--audit-log} writer, if any.
     """
 
     def __init__(self, options: Options, metrics: ConnectorMetrics, observer: Any = None) -> None:
@@ -65,6 +70,23 @@ class ConnectorService(service.MultiService):
         self.metrics = metrics
         self.observer = observer
         self.relays: list[RelayService] = []
+        self.allowlistFile: AllowlistFile | None = None
+        self.audit: AuditLog | None = None
+
+    def hangUp(self) -> None:
+        """
+        Called on SIGHUP: load the allowlist file again, open the audit log again.
+        """
+        doing = []
+        if self.allowlistFile is not None:
+            doing.append("reloading the allowlist file")
+        if self.audit is not None and self.audit.path != "-":
+            doing.append("reopening the audit log")
+        _log.info("SIGHUP: {doing}", doing=" and ".join(doing) or "nothing to reload")
+        if self.allowlistFile is not None:
+            self.allowlistFile.reload()
+        if self.audit is not None:
+            self.audit.reopen()
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -81,7 +103,7 @@ class ConnectorService(service.MultiService):
             user=options["relay-user"] or f"connector {options['connector-id']} (token authentication)",
             allowlist=options.allowlist.describe(),
         )
-        if options["forward-dest-allowlist"] is None:
+        if options["forward-dest-allowlist"] is None and options.allowlistFile is None:
             _log.warn(
                 "no --forward-dest-allowlist: every destination reachable from here is allowed; "
                 "set one to limit what the platform can reach"
@@ -106,17 +128,32 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
         metrics.trackCertificate(credentials.secondsToExpiry)
     budget = Budget(DESTINATION_BUFFER_CAP, reactor)
     metrics.trackDestinationBuffers(lambda: budget.total)
+    allowlistPath = options["forward-dest-allowlist-file"]
+    policy = AllowlistPolicy(
+        options.allowlist,
+        f"file {allowlistPath}" if allowlistPath is not None else "--forward-dest-allowlist",
+        reactor,
+        metrics,
+    )
+    # Only a reload that closes streams needs to find them.
+    openStreams = OpenStreams() if options["close-disallowed-streams"] else None
+    destinations = ObservedDestinations(reactor.seconds())
+    sinks: list[Sink] = [logStream, meterStream(metrics), destinations]
+    audit = AuditLog(options["audit-log"], metrics) if options["audit-log"] is not None else None
+    if audit is not None:
+        sinks.append(audit)
     settings = StreamSettings(
         OpeningSettings(
             reactor=reactor,
-            allowlist=lambda: options.allowlist,
+            allowlist=policy,
             metrics=metrics,
             connectTimeout=options["connect-timeout"],
             handshakeTimeout=options["handshake-timeout"],
         ),
         SpliceSettings(reactor, options["stream-idle-timeout"], options["half-close-timeout"], budget),
         metrics,
-        [logStream, meterStream(metrics)],
+        sinks,
+        openStreams,
     )
 
     def makeStream(channel: ForwardedChannel) -> ForwardedStream:
@@ -124,6 +161,18 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
 
     observer = makeObserver(options["log-format"], options["log-level"], sys.stdout)
     top = ConnectorService(options, metrics, observer)
+    top.audit = audit
+    if options.allowlistFile is not None:
+        top.allowlistFile = AllowlistFile(
+            allowlistPath,
+            options.allowlistFile,
+            policy,
+            reactor,
+            metrics,
+            openStreams,
+            closeDisallowed=options["close-disallowed-streams"],
+        )
+        top.allowlistFile.setServiceParent(top)
     for index in range(options["connections"]):
         # Each connection reconnects on its own, with its own backoff.
         label = f"{index + 1}/{options['connections']}" if options["connections"] > 1 else ""
@@ -142,12 +191,15 @@ def buildService(options: Options, reactor: Any, installSignals: bool = False) -
         )
         top.relays.append(relay)
         relay.setServiceParent(top)
-    strports.service(
-        options["metrics-listen"], makeSite(metrics, top.relays, reactor), reactor=reactor
-    ).setServiceParent(top)
+    site = makeSite(metrics, top.relays, reactor, policy=policy, destinations=destinations)
+    strports.service(options["metrics-listen"], site, reactor=reactor).setServiceParent(top)
     if installSignals:
         reactor.addSystemEventTrigger("before", "shutdown", _exitOnSecondSignal)
         reactor.addSystemEventTrigger("during", "shutdown", _cleanExit, reactor)
+        hangup = getattr(signal, "SIGHUP", None)
+        if hangup is not None and (top.allowlistFile is not None or (audit is not None and audit.path != "-")):
+            # Only then: otherwise SIGHUP keeps its default (the terminal went away: exit).
+            signal.signal(hangup, lambda signum, frame: reactor.callFromThread(top.hangUp))
     return top
 
 

@@ -8,7 +8,7 @@ destination), and reports one L{StreamRecord} to every sink when it ends.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import error
 from twisted.logger import Logger
@@ -21,7 +21,10 @@ from .results import StreamRecord, StreamResult
 from .splice import Splice, SpliceSettings, TargetProtocol
 from .tunnel.interfaces import IStreamProtocol, IStreamTransport
 
-__all__ = ["ForwardedStream", "StreamSettings", "logStream", "meterStream"]
+if TYPE_CHECKING:
+    from .policy import OpenStreams
+
+__all__ = ["ForwardedStream", "Sink", "StreamSettings", "logStream", "meterStream"]
 
 _log = Logger(namespace="incident_connector.stream")
 
@@ -36,15 +39,23 @@ class StreamSettings:
     @ivar splice: for relaying.
     @ivar metrics: where streams are counted.
     @ivar sinks: each is given the record of every stream that ended.
+    @ivar openStreams: holds every open stream, if given (for a reloaded
+        allowlist to close what it no longer allows).
     """
 
     def __init__(
-        self, opening: OpeningSettings, splice: SpliceSettings, metrics: ConnectorMetrics, sinks: list[Sink]
+        self,
+        opening: OpeningSettings,
+        splice: SpliceSettings,
+        metrics: ConnectorMetrics,
+        sinks: list[Sink],
+        openStreams: OpenStreams | None = None,
     ) -> None:
         self.opening = opening
         self.splice = splice
         self.metrics = metrics
         self.sinks = sinks
+        self.openStreams = openStreams
 
 
 @implementer(IStreamProtocol)
@@ -82,6 +93,8 @@ class ForwardedStream:
         record.originator = channel.originator
         settings.metrics.streamsActive.inc()
         self.opening = Opening(channel, settings.opening, record, self)
+        if settings.openStreams is not None:
+            settings.openStreams.add(self)
 
     # IStreamProtocol: what the channel calls.
 
@@ -147,6 +160,8 @@ class ForwardedStream:
         if record.result is None:
             record.result = StreamResult.OK
         self.settings.metrics.streamsActive.dec()
+        if self.settings.openStreams is not None:
+            self.settings.openStreams.discard(self)
         for sink in self.settings.sinks:
             sink(record)
 
@@ -176,8 +191,17 @@ def meterStream(metrics: ConnectorMetrics) -> Sink:
 
     def meter(record: StreamRecord) -> None:
         assert record.result is not None
+        rule = record.rule or "none"
         metrics.streams.labels(result=record.result.value).inc()
         metrics.bytes.labels(direction="up").inc(record.up)
         metrics.bytes.labels(direction="down").inc(record.down)
+        metrics.ruleStreams.labels(rule=rule, result=record.result.value).inc()
+        metrics.ruleBytes.labels(rule=rule, direction="up").inc(record.up)
+        metrics.ruleBytes.labels(rule=rule, direction="down").inc(record.down)
+        if record.dialSeconds is not None:
+            metrics.dialSeconds.observe(record.dialSeconds)
+            metrics.ruleDialSeconds.labels(rule=rule).observe(record.dialSeconds)
+        if record.dialFailure is not None:
+            metrics.dialFailures.labels(rule=rule, reason=record.dialFailure).inc()
 
     return meter

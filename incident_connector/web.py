@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.unit.test_web,tests.integration.test_listener -*-
 """
 The HTTP side: C{/metrics} (prometheus_client's own Twisted resource),
-C{/healthz} (the process answers) and C{/readyz} (a forward is granted).
+C{/healthz} (the process answers), C{/readyz} (a forward is granted) and
+C{/destinations} (what was requested since start).
 
 The listener is reachable by anyone who can reach the port, so nothing a
 client sends may grow memory or descriptors without bound:
@@ -31,7 +32,9 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
+from .destinations import DestinationsResource, ObservedDestinations
 from .metrics import ConnectorMetrics
+from .policy import AllowlistPolicy
 from .tunnel.service import RelayService
 
 __all__ = ["IDLE_TIMEOUT", "MAX_BODY", "MAX_CONNECTIONS", "ListenerFactory", "makeSite"]
@@ -60,14 +63,18 @@ class HealthResource(resource.Resource):
     @ivar relays: the relay connections to report on.
     @ivar requireForward: answer 503 unless at least one connection is ready:
         its forward granted and the relay heard from recently.
+    @ivar policy: the allowlist in force, to report, if given.
     """
 
     isLeaf = True
 
-    def __init__(self, relays: Sequence[RelayService], requireForward: bool) -> None:
+    def __init__(
+        self, relays: Sequence[RelayService], requireForward: bool, policy: AllowlistPolicy | None = None
+    ) -> None:
         super().__init__()
         self.relays = relays
         self.requireForward = requireForward
+        self.policy = policy
 
     def render_GET(self, request: IRequest) -> bytes:
         ports = [relay.allocatedPort for relay in self.relays if relay.allocatedPort is not None]
@@ -76,7 +83,7 @@ class HealthResource(resource.Resource):
         ok = bool(ready) or not self.requireForward
         request.setResponseCode(200 if ok else 503)
         request.setHeader(b"content-type", b"application/json")
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if ok else "unavailable",
             "relay": self.relays[0].relayName if self.relays else None,
             "connections_up": len(ready),
@@ -85,6 +92,8 @@ class HealthResource(resource.Resource):
             "last_error": errors[-1] if errors else None,
             "connections": [relay.status() for relay in self.relays],
         }
+        if self.policy is not None:
+            body["allowlist"] = self.policy.status()
         return json.dumps(body).encode() + b"\n"
 
 
@@ -228,14 +237,22 @@ class ListenerFactory(policies.TimeoutFactory):
         return super().buildProtocol(addr)
 
 
-def makeSite(metrics: ConnectorMetrics, relays: Sequence[RelayService], reactor: IReactorTime) -> ListenerFactory:
+def makeSite(
+    metrics: ConnectorMetrics,
+    relays: Sequence[RelayService],
+    reactor: IReactorTime,
+    policy: AllowlistPolicy | None = None,
+    destinations: ObservedDestinations | None = None,
+) -> ListenerFactory:
     """
     The factory to serve on C{--metrics-listen}.
     """
     root = resource.Resource()
     root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
-    root.putChild(b"healthz", HealthResource(relays, requireForward=False))
-    root.putChild(b"readyz", HealthResource(relays, requireForward=True))
+    root.putChild(b"healthz", HealthResource(relays, requireForward=False, policy=policy))
+    root.putChild(b"readyz", HealthResource(relays, requireForward=True, policy=policy))
+    if destinations is not None:
+        root.putChild(b"destinations", DestinationsResource(destinations))
     # No twisted.web idle timeout: ListenerFactory keeps time (see its docstring).
     site = _QuietSite(root, timeout=None, reactor=reactor)
     site.noisy = False

@@ -9,6 +9,7 @@ import ipaddress
 from twisted.trial.unittest import SynchronousTestCase
 
 from incident_connector.allowlist import (
+    ANY_RULE,
     Allowlist,
     AllowlistError,
     Destination,
@@ -200,3 +201,89 @@ class MatchTests(SynchronousTestCase):
     def test_concrete(self) -> None:
         rules = Allowlist.parse("db:5432 10.0.0.1:80 *:1 db:1-2 10.0.0.0/8:1 *.x.internal:1").rules
         self.assertEqual([rule.concrete() for rule in rules], [("db", 5432), ("10.0.0.1", 80), None, None, None, None])
+
+
+class RuleTests(SynchronousTestCase):
+    """
+    Which entry allowed a destination, as the operator wrote it: the label
+    of the per-rule metrics and the audit log's C{rule}.
+    """
+
+    def test_firstMatchingEntry(self) -> None:
+        allowlist = Allowlist.parse("DB.internal:5432 *:5432 10.0.0.0/8:* [fd00::/8]:443")
+        for host, port, verdict, rule in [
+            ("db.internal", 5432, A, "DB.internal:5432"),
+            ("other", 5432, A, "*:5432"),
+            ("10.1.2.3", 5432, A, "*:5432"),
+            ("10.1.2.3", 80, A, "10.0.0.0/8:*"),
+            ("fd00::1", 443, A, "[fd00::/8]:443"),
+            ("db.internal", 80, R, None),
+            ("fe80::1", 443, D, None),
+        ]:
+            verdict_, found = allowlist.match(normalize(host), port)
+            self.assertEqual((verdict_, found.text if found else None), (verdict, rule), host)
+
+    def test_noList(self) -> None:
+        for text in (None, "any"):
+            verdict, rule = Allowlist.parse(text).match(normalize("anything"), 1)
+            self.assertEqual((verdict, rule), (A, ANY_RULE))
+            self.assertEqual(ANY_RULE.text, "any")
+        self.assertEqual(Allowlist.parse("none").match(normalize("db"), 1), (D, None))
+
+    def test_ruleForAddresses(self) -> None:
+        """
+        A name the addresses decide: the rule of the first address, if
+        every address is allowed (strings as the resolver gives them too).
+        """
+        allowlist = Allowlist.parse("10.0.0.0/8:5432 [fd00::/8]:5432")
+        rule = allowlist.ruleForAddresses(["fd00::1", ipaddress.ip_address("10.0.0.1")], 5432)
+        self.assertEqual(rule.text if rule else None, "[fd00::/8]:5432")
+        self.assertIsNone(allowlist.ruleForAddresses(["10.0.0.1", "127.0.0.1"], 5432))
+        self.assertIsNone(allowlist.ruleForAddresses([], 5432))
+        self.assertIsNone(allowlist.ruleForAddresses(["not an address"], 5432))
+
+    def test_digest(self) -> None:
+        """
+        Equal lists have equal digests, however they are written.
+        """
+        one = Allowlist.parse("a:1 b:2")
+        self.assertEqual(one.digest(), Allowlist.parseLines("# comment\na:1\n\n  b:2  # b\n").digest())
+        self.assertNotEqual(one.digest(), Allowlist.parse("b:2 a:1").digest())
+        self.assertRegex(one.digest(), r"^sha256:[0-9a-f]{64}$")
+        self.assertEqual(Allowlist.parse(None).entries, ("any",))
+        self.assertEqual(Allowlist.parse("none").entries, ("none",))
+
+
+class FileTests(SynchronousTestCase):
+    """
+    The file syntax: the option's entries, any number per line, C{#} comments.
+    """
+
+    def test_syntax(self) -> None:
+        allowlist = Allowlist.parseLines("grafana.internal:3000 prometheus:9090  # two\n#whole line\n\n[::1]:80\n")
+        self.assertEqual(allowlist.entries, ("grafana.internal:3000", "prometheus:9090", "[::1]:80"))
+        self.assertTrue(Allowlist.parseLines("any # everything\n").permitAll)
+        none = Allowlist.parseLines("\n none\n")
+        self.assertEqual((none.permitAll, none.rules), (False, ()))
+
+    def test_badLineNamed(self) -> None:
+        """
+        The error gives the line number and quotes the entry, as the
+        option's error does.
+        """
+        for text, message in [
+            ("a:1\n# ok\nb:2 10.0.0.1/8:80\n", "line 3: allowlist entry '10.0.0.1/8:80': 10.0.0.1/8 has host bits set"),
+            ("a:1\nb\n", "line 2: allowlist entry 'b': expected 'host:port'"),
+            ("a:1\nany\n", "line 2: allowlist: 'any' must be the only entry"),
+            ("none\na:1\n", "line 1: allowlist: 'none' must be the only entry"),
+        ]:
+            exc = self.assertRaises(AllowlistError, Allowlist.parseLines, text)
+            self.assertEqual(str(exc), message)
+
+    def test_emptyFileIsAnError(self) -> None:
+        """
+        An emptied file must not open everything, as an empty option does.
+        """
+        for text in ("", "\n", "# only comments\n  # more\n"):
+            exc = self.assertRaises(AllowlistError, Allowlist.parseLines, text)
+            self.assertIn("no entry", str(exc))

@@ -76,6 +76,47 @@ class OptionsTests(SynchronousTestCase):
             self.assertIn(message, line)
             self.assertTrue(line.startswith("incident-connector: error: "), line)
 
+    def test_allowlistFile(self) -> None:
+        """
+        The allowlist from a file (flag or environment); a bad line or giving
+        both the list and the file is one line.
+        """
+        path = Path(self.mktemp())
+        path.write_text("# databases\ndb:5432 [::1]:80\n")
+        for args, env in [
+            (["--forward-dest-allowlist-file", str(path)], {}),
+            ([], {envName("forward-dest-allowlist-file"): str(path)}),
+        ]:
+            options = self.parse([*self.base, *args], env)
+            self.assertEqual(options.allowlist.entries, ("db:5432", "[::1]:80"))
+            assert options.allowlistFile is not None
+            self.assertEqual(options.allowlistFile.content, path.read_bytes())
+        self.assertIsNone(self.parse(self.base).allowlistFile)
+        self.assertEqual(
+            self.parseError(
+                [*self.base, "--forward-dest-allowlist-file", str(path), "--forward-dest-allowlist", "a:1"]
+            ),
+            "incident-connector: error: give --forward-dest-allowlist or --forward-dest-allowlist-file, not both",
+        )
+        path.write_text("db:5432\n\ndb:http\n")
+        self.assertEqual(
+            self.parseError([*self.base, "--forward-dest-allowlist-file", str(path)]),
+            f"incident-connector: error: --forward-dest-allowlist-file {str(path)!r}: line 3: allowlist entry "
+            "'db:http': port 'http' is not 1-65535, a range LOW-HIGH or '*'",
+        )
+        self.assertEqual(
+            self.parseError([*self.base, "--forward-dest-allowlist-file", "/nonexistent"]),
+            "incident-connector: error: --forward-dest-allowlist-file '/nonexistent': No such file or directory",
+        )
+
+    def test_closeDisallowedStreams(self) -> None:
+        self.assertFalse(self.parse(self.base)["close-disallowed-streams"])
+        for text, value in [("yes", True), ("no", False), ("TRUE", True), ("0", False)]:
+            self.assertEqual(
+                self.parse([*self.base, "--close-disallowed-streams", text])["close-disallowed-streams"], value
+            )
+        self.assertIn("expected yes or no", self.parseError([*self.base, "--close-disallowed-streams", "maybe"]))
+
     def test_hostKeyRequired(self) -> None:
         line = self.parseError(["--identity-file", str(self.key), "--relay-user", "u"])
         self.assertIn("--known-hosts or --relay-host-key", line)

@@ -26,7 +26,7 @@ from incident_connector.metrics import ConnectorMetrics
 from incident_connector.opening import OpeningSettings
 from incident_connector.results import StreamRecord, StreamResult
 from incident_connector.splice import FLUSH_DEADLINE, Splice, SpliceSettings
-from incident_connector.stream import ForwardedStream, StreamSettings
+from incident_connector.stream import ForwardedStream, StreamSettings, meterStream
 from incident_connector.tunnel.channel import ForwardedChannel
 from incident_connector.tunnel.interfaces import IStreamProtocol, IStreamTransport
 
@@ -49,13 +49,19 @@ class Harness:
     """
 
     def __init__(
-        self, allowlist: str = "", idle: float = 0.0, halfClose: float = 300.0, handshake: float = 10.0
+        self,
+        allowlist: str = "",
+        idle: float = 0.0,
+        halfClose: float = 300.0,
+        handshake: float = 10.0,
+        settings: StreamSettings | None = None,
+        reactor: MemoryReactorClock | None = None,
     ) -> None:
-        self.reactor = MemoryReactorClock()
+        self.reactor = reactor or MemoryReactorClock()
         self.records: list[StreamRecord] = []
         self.budget = Budget(1 << 30, self.reactor)
         parsed = Allowlist.parse(allowlist)
-        self.settings = StreamSettings(
+        self.settings = settings or StreamSettings(
             OpeningSettings(self.reactor, lambda: parsed, METRICS, 10.0, handshake),
             SpliceSettings(self.reactor, idle, halfClose, self.budget),
             METRICS,
@@ -249,6 +255,156 @@ class SpliceTests(SynchronousTestCase):
         self.assertTrue(harness.channel.closed)
         self.assertEqual(harness.record.result, StreamResult.OK)
         self.assertEqual(len(harness.records), 1)
+
+
+class Resolver:
+    """
+    A name resolver answering every name with C{answers} (none: NXDOMAIN).
+    """
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = answers
+
+    def resolveHostName(self, receiver: Any, hostName: str, portNumber: int = 0, **kw: Any) -> None:
+        receiver.resolutionBegan(None)
+        for answer in self.answers:
+            receiver.addressResolved(IPv4Address("TCP", answer, portNumber))
+        receiver.resolutionComplete()
+
+
+def socks5(host: bytes, port: int) -> bytes:
+    return b"\x05\x01\x00" + b"\x05\x01\x00\x03" + bytes([len(host)]) + host + struct.pack(">H", port)
+
+
+class RecordTests(SynchronousTestCase):
+    """
+    What the opening writes into the record that every sink reads: the
+    request as sent, its normal form, the addresses, the verdict and the
+    entry that allowed it, and why a dial failed.
+    """
+
+    def opened(self, allowlist: str, host: bytes, *answers: str) -> Harness:
+        harness = Harness(allowlist)
+        harness.reactor.nameResolver = Resolver(*answers)  # type: ignore[attr-defined]
+        harness.feed(socks5(host, 5432))
+        return harness
+
+    def test_allowedByName(self) -> None:
+        harness = self.opened("*:80 DB.Internal:5432", b"db.INTERNAL.", "10.0.0.5", "10.0.0.6")
+        harness.reactor.advance(0.25)
+        destination = harness.accept()
+        destination.protocol.dataReceived(b"hi")
+        harness.stream.connectionLost(_done())
+        record = harness.record
+        self.assertEqual(
+            (record.version, record.host, record.requested, record.port, record.normalized),
+            (5, "db.INTERNAL.", "db.INTERNAL.:5432", 5432, "db.internal"),
+        )
+        self.assertEqual((record.verdict, record.rule), ("allow", "DB.Internal:5432"))
+        self.assertEqual(record.addresses, ["10.0.0.5", "10.0.0.6"])
+        self.assertEqual((record.dialled, record.reply, record.dialSeconds), ("10.0.0.5:5432", 0, 0.25))
+        self.assertEqual((record.dialFailure, record.result, record.down), (None, StreamResult.OK, 2))
+        self.assertEqual(record.originator, ("127.0.0.1", 50000))
+        self.assertRegex(record.id, r"^[0-9a-f]{8}-\d+$")
+
+    def test_idsDiffer(self) -> None:
+        first = Harness()
+        for _ in range(2):
+            Harness(settings=first.settings).stream.connectionLost(_done())
+        first.stream.connectionLost(_done())
+        self.assertEqual(len({record.id for record in first.records}), 3)
+
+    def test_addressesDecide(self) -> None:
+        """
+        A name only an IP rule can allow: the rule that allowed its addresses.
+        """
+        harness = self.opened("db:1 10.0.0.0/8:5432", b"db.internal", "10.0.0.5")
+        harness.accept()
+        harness.stream.connectionLost(_done())
+        self.assertEqual((harness.record.verdict, harness.record.rule), ("allow", "10.0.0.0/8:5432"))
+
+    def test_addressNotAllowed(self) -> None:
+        harness = self.opened("10.0.0.0/8:5432", b"db.internal", "10.0.0.5", "127.0.0.1")
+        record = harness.record
+        self.assertEqual((record.verdict, record.rule, record.reply), ("deny", None, 2))
+        self.assertEqual((record.dialFailure, record.result), ("address_not_allowed", StreamResult.DENIED))
+        self.assertEqual(record.addresses, ["10.0.0.5", "127.0.0.1"])
+        self.assertEqual(harness.reactor.tcpClients, [])
+
+    def test_dnsFailure(self) -> None:
+        for allowlist, verdict, rule in [
+            ("db.internal:5432", "allow", "db.internal:5432"),
+            ("10.0.0.0/8:*", "unresolved", None),
+        ]:
+            harness = self.opened(allowlist, b"db.internal")
+            record = harness.record
+            self.assertEqual((record.verdict, record.rule, record.addresses), (verdict, rule, []))
+            self.assertEqual(
+                (record.dialFailure, record.result, record.reply), ("dns_error", StreamResult.DNS_ERROR, 4)
+            )
+
+    def test_refused(self) -> None:
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.python.failure import Failure
+
+        harness = self.opened("", b"db", "127.0.0.1")
+        _host, _port, factory, _timeout, _bind = harness.reactor.tcpClients[-1]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        record = harness.record
+        self.assertEqual((record.verdict, record.rule, record.dialled), ("allow", "any", None))
+        self.assertEqual((record.dialFailure, record.result, record.reply), ("refused", StreamResult.REFUSED, 5))
+
+    def test_socks4Reply(self) -> None:
+        """
+        The reply code is recorded as sent: SOCKS4 says 0x5A for success.
+        """
+        harness = Harness()
+        harness.feed(b"\x04\x01\x15\x38\x7f\x00\x00\x01\x00")
+        harness.accept()
+        harness.stream.connectionLost(_done())
+        self.assertEqual((harness.record.version, harness.record.reply), (4, 0x5A))
+
+    def test_deniedAndInvalid(self) -> None:
+        harness = self.opened("db:1", b"db")
+        self.assertEqual(
+            (harness.record.verdict, harness.record.rule, harness.record.dialFailure), ("deny", None, None)
+        )
+        harness = self.opened("", b"a..b")
+        record = harness.record
+        self.assertEqual(
+            (record.host, record.normalized, record.verdict, record.result),
+            ("a..b", None, None, StreamResult.BAD_REQUEST),
+        )
+
+
+class MeterTests(SynchronousTestCase):
+    """
+    The metrics sink: per-rule series move by exactly what the records say.
+    """
+
+    def test_perRule(self) -> None:
+        metrics = ConnectorMetrics()
+        meter = meterStream(metrics)
+        rule = "DB.Internal:5432"
+        for up, down, seconds in [(10, 20, 0.003), (1, 2, 0.2)]:
+            meter(StreamRecord(0, verdict="allow", rule=rule, up=up, down=down, dialSeconds=seconds, result=OK))
+        meter(StreamRecord(0, verdict="allow", rule=rule, dialFailure="refused", result=StreamResult.REFUSED))
+        meter(StreamRecord(0, verdict="deny", result=StreamResult.DENIED))
+        meter(StreamRecord(0, result=StreamResult.BAD_REQUEST))
+        sample = metrics.registry.get_sample_value
+        self.assertEqual(sample("incident_connector_rule_streams_total", {"rule": rule, "result": "ok"}), 2)
+        self.assertEqual(sample("incident_connector_rule_streams_total", {"rule": rule, "result": "refused"}), 1)
+        self.assertEqual(sample("incident_connector_rule_streams_total", {"rule": "none", "result": "denied"}), 1)
+        self.assertEqual(sample("incident_connector_rule_streams_total", {"rule": "none", "result": "bad_request"}), 1)
+        self.assertEqual(sample("incident_connector_rule_bytes_total", {"rule": rule, "direction": "up"}), 11)
+        self.assertEqual(sample("incident_connector_rule_bytes_total", {"rule": rule, "direction": "down"}), 22)
+        self.assertEqual(sample("incident_connector_rule_dial_seconds_count", {"rule": rule}), 2)
+        self.assertEqual(sample("incident_connector_rule_dial_seconds_bucket", {"rule": rule, "le": "0.005"}), 1)
+        self.assertEqual(sample("incident_connector_dial_seconds_count", {}), 2)
+        self.assertEqual(sample("incident_connector_dial_failures_total", {"rule": rule, "reason": "refused"}), 1)
+
+
+OK = StreamResult.OK
 
 
 def _done() -> Any:
