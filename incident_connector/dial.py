@@ -9,6 +9,7 @@ named in SOCKS terms (reply code) and metric terms (result label).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, error
@@ -80,12 +81,15 @@ async def _dial(
     port: int,
     factory: IProtocolFactory,
     timeout: float,
+    onResolved: Callable[[list[IPAddress]], None] | None,
 ) -> IProtocol:
     if destination.address is not None:
         addresses = [destination.address]
     else:
         assert destination.name is not None
         addresses = await resolve(reactor, destination.name, port)
+        if onResolved is not None:
+            onResolved(addresses)
         if verdict is Verdict.CHECK_ADDRESSES and not allowlist.allowsAddresses(addresses, port):
             raise DeniedAfterResolution(f"{destination} resolves to {', '.join(map(str, addresses))}")
     return await _connectFirst(reactor, addresses, port, factory, timeout)
@@ -99,14 +103,17 @@ def dial(
     port: int,
     factory: IProtocolFactory,
     timeout: float,
+    onResolved: Callable[[list[IPAddress]], None] | None = None,
 ) -> defer.Deferred[IProtocol]:
     """
     Connect to an allowed destination, all within C{timeout} seconds
     including resolution.
 
     @param verdict: what L{Allowlist.check} said (never L{Verdict.DENY}).
+    @param onResolved: told the addresses a name resolved to, before they
+        are checked and dialled (for the stream's record).
     """
-    dialing = defer.ensureDeferred(_dial(reactor, allowlist, destination, verdict, port, factory, timeout))
+    dialing = defer.ensureDeferred(_dial(reactor, allowlist, destination, verdict, port, factory, timeout, onResolved))
     return dialing.addTimeout(timeout, reactor)
 
 

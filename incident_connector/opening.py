@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IHostResolution, IResolutionReceiver
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from .allowlist import Allowlist, InvalidDestination, Verdict, normalize
+from .allowlist import Allowlist, InvalidDestination, IPAddress, Verdict, normalize
 from .dial import classify, dial
 from .metrics import ConnectorMetrics
 from .results import StreamRecord, StreamResult
@@ -202,18 +200,28 @@ class Opening:
         if rule is not None:
             record.verdict, record.rule = "allow", rule.text
         else:
-            # Only IP rules could allow the name: its addresses decide (see _Recorder).
+            # Only IP rules could allow the name: its addresses decide (see resolved).
             record.verdict = "unresolved"
         self.channel.pauseProducing()  # no more payload until the destination accepts
         started = settings.reactor.seconds()
+
+        def resolved(addresses: list[IPAddress]) -> None:
+            # What the name resolved to, and for a name only IP rules could
+            # allow, the verdict and rule dial() is about to apply.
+            record.addresses = [str(address) for address in addresses]
+            if record.verdict == "unresolved":
+                rule = allowlist.ruleForAddresses(record.addresses, request.port)
+                record.verdict, record.rule = ("allow", rule.text) if rule is not None else ("deny", None)
+
         self._dialing = dial(
-            _Recorder(settings.reactor, allowlist, record),
+            settings.reactor,
             allowlist,
             destination,
             verdict,
             request.port,
             _TargetFactory(),
             settings.connectTimeout,
+            resolved,
         )
 
         def connected(target: TargetProtocol) -> None:
@@ -259,67 +267,6 @@ class Opening:
             self.channel.write(reply)
         self.outcome.failed(result)
         self.channel.loseConnection()
-
-
-class _Recorder:
-    """
-    The reactor as L{dial} sees it, except that every answer of its name
-    resolver is also written into the stream's record: the addresses, and,
-    for a name only IP rules could allow, the verdict and rule, judged by
-    the same allowlist as L{dial} judges them, from the same answer.
-
-    (L{dial} keeps its addresses to itself; a hook there would replace this.)
-    """
-
-    __slots__ = ("_allowlist", "_reactor", "_record")
-
-    def __init__(self, reactor: Any, allowlist: Allowlist, record: StreamRecord) -> None:
-        self._reactor = reactor
-        self._allowlist = allowlist
-        self._record = record
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
-
-    @property
-    def nameResolver(self) -> Any:
-        return self
-
-    def resolveHostName(self, receiver: IResolutionReceiver, hostName: str, **kwargs: Any) -> Any:
-        return self._reactor.nameResolver.resolveHostName(_RecordingReceiver(self, receiver), hostName, **kwargs)
-
-    def resolved(self, addresses: list[str]) -> None:
-        record = self._record
-        record.addresses = addresses
-        if record.verdict == "unresolved" and record.port is not None:
-            rule = self._allowlist.ruleForAddresses(addresses, record.port)
-            record.verdict, record.rule = ("allow", rule.text) if rule is not None else ("deny", None)
-
-
-@implementer(IResolutionReceiver)
-class _RecordingReceiver:
-    """
-    Passes a resolution on, and gives the recorder the addresses at the end.
-    """
-
-    def __init__(self, recorder: _Recorder, receiver: IResolutionReceiver) -> None:
-        self.recorder = recorder
-        self.receiver = receiver
-        self.addresses: list[str] = []
-
-    def resolutionBegan(self, resolution: IHostResolution) -> None:
-        self.receiver.resolutionBegan(resolution)
-
-    def addressResolved(self, address: Any) -> None:
-        host = address.host.split("%")[0]
-        if host not in self.addresses:
-            self.addresses.append(host)
-        self.receiver.addressResolved(address)
-
-    def resolutionComplete(self) -> None:
-        if self.addresses:
-            self.recorder.resolved(self.addresses)
-        self.receiver.resolutionComplete()
 
 
 class _TargetFactory(protocol.ClientFactory):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.conch.ssh.service import SSHService
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ..budget import Budget
@@ -343,7 +343,9 @@ class RelayConnection(SSHService):
         if kind in ("draining", "limit"):
             self.metrics.streams.labels(result=kind).inc()
         self.metrics.relayRefusals.labels(kind=kind).inc()
-        self._note(kind, "refused a stream: {text} ({detail})", text=text, detail=detail)
+        # While draining, refusals are the plan (the relay retries elsewhere).
+        level = LogLevel.info if kind == "draining" else LogLevel.warn
+        self._note(kind, "refused a stream: {text}{detail}", level, text=text, detail=f" ({detail})" if detail else "")
         self.transport.sendPacket(
             MSG_CHANNEL_OPEN_FAILURE, uint32(senderId) + uint32(code) + string(text.encode()) + string(b"")
         )
@@ -601,7 +603,7 @@ class RelayConnection(SSHService):
     def _on(self) -> str:
         return f" (relay {self.label})" if self.label else ""
 
-    def _note(self, key: str, format: str, **fields: Any) -> None:
+    def _note(self, key: str, format: str, level: LogLevel = LogLevel.warn, **fields: Any) -> None:
         """
         Log a refusal at most once a minute per kind, with how many were not logged.
         """
@@ -609,7 +611,7 @@ class RelayConnection(SSHService):
         if suppressed is None:
             return
         more = f" ({suppressed} more since the last such line)" if suppressed else ""
-        self.log.warn(format + "{on}{more}", on=self._on(), more=more, **fields)
+        self.log.emit(level, format + "{on}{more}", on=self._on(), more=more, **fields)
 
     def _allocateId(self) -> int:
         while self._nextId in self.channels:
