@@ -322,6 +322,33 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def connectionsTo(pid: int, port: int) -> set[str]:
+    """
+    The local C{127.0.0.1:PORT} address of every established IPv4 TCP
+    connection process C{pid} has to C{port}: the peer addresses the other
+    end (the reference relay's C{list}, say) names that process's connections by.
+    Read from /proc: the socket inodes among the process's descriptors, looked
+    up in its network namespace's TCP table.
+    """
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[len("socket:[") : -1])
+    found = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if inode in inodes and state == "01" and int(remote.split(":")[1], 16) == port:
+            address, localPort = local.split(":")
+            # The kernel prints the IPv4 address as a little-endian word.
+            found.add(f"{socket.inet_ntoa(bytes.fromhex(address)[::-1])}:{int(localPort, 16)}")
+    return found
+
+
 def twistdCommand(prelude: str = "") -> list[str]:
     return [sys.executable, "-c", f"{prelude}\nfrom twisted.scripts.twistd import run; run()"]
 
