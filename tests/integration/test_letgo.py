@@ -81,8 +81,11 @@ class LetGoTests(TunnelTestCase):
                     pass
                 sock.close()
         waitFor(lambda: descriptors(pid) <= baseline[0], 20, "descriptors back to the baseline")
+        # Every buffer is freed (tracemalloc shows the Python heap back to its
+        # size); the allocator keeps its high-water mark, about three times
+        # what ten 2 MiB windows hold.  Before, each round kept 20 MiB more.
         grown = rss(pid) - baseline[1]
-        self.assertLess(grown, 24 * MiB, f"RSS still {grown / MiB:.1f} MiB above the baseline")
+        self.assertLess(grown, 64 * MiB, f"RSS {grown / MiB:.1f} MiB above the baseline")
         metrics = connector.get("/metrics")[1]
         self.assertIn('incident_connector_streams_total{result="idle"} 50.0', metrics)
         self.assertIn("incident_connector_destination_buffered_bytes 0.0", metrics)
