@@ -22,15 +22,22 @@ StrictModes no
 UsePAM no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
+# The connector's account can hold a remote forward and nothing else (docs/relay.md).
 AllowTcpForwarding remote
+PermitOpen none
+PermitTTY no
+ForceCommand /bin/false
+AllowAgentForwarding no
+X11Forwarding no
 CONF
 /usr/sbin/sshd -D -e -f "$work/sshd_config" 2>"$work/sshd.log" & pids+=($!)
 
 mkdir "$work/www" && echo "hello from the private network" > "$work/www/index.html"
 python3 -m http.server "$web_port" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 & pids+=($!)
 
-echo "== starting: twistd -n incident-connector --relay-address 127.0.0.1:$relay_port ..."
-twistd -n --pidfile= incident-connector \
+echo "== starting: connector-proxy --relay-address 127.0.0.1:$relay_port ..."
+: >"$work/connector.log"
+connector-proxy \
     --relay-address "127.0.0.1:$relay_port" --relay-user "$(id -un)" \
     --identity-file "$work/connector_key" --known-hosts "$work/known_hosts" \
     --forward-dest-allowlist "localhost:$web_port" \

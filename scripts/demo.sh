@@ -27,9 +27,9 @@ echo "   connector ID $connector_id (the token stays in an environment variable)
 mkdir "$work/www" && echo "hello from the private network" > "$work/www/index.html"
 python3 -m http.server "$web_port" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 & pids+=($!)
 
-echo "== starting the connector with only a connector ID and a token"
-INCIDENT_CONNECTOR_API_TOKEN="$api_token" twistd -n --pidfile= incident-connector \
-    --connector-id "$connector_id" --api-url "http://127.0.0.1:$api_port" \
+echo "== starting the connector with only a connector ID and a token (as the hosted product documents it)"
+INCIDENT_CONNECTOR_ID="$connector_id" INCIDENT_CONNECTOR_API_TOKEN="$api_token" connector-proxy \
+    --api-url "http://127.0.0.1:$api_port" \
     --relay-address "127.0.0.1:$ssh_port" --state-dir "$work/state" \
     --forward-dest-allowlist "localhost:$web_port" \
     --metrics-listen "tcp:$metrics_port:interface=127.0.0.1" >"$work/connector.log" 2>&1 & pids+=($!)
