@@ -289,7 +289,7 @@ class DeployFilesTests(SynchronousTestCase):
             ("LimitNOFILE", "65536"),
         ]:
             self.assertEqual(service[key], value, key)
-        self.assertTrue(service["ExecStart"].endswith("twistd -n --pidfile= incident-connector"))
+        self.assertTrue(service["ExecStart"].endswith("/connector-proxy"))
         self.assertEqual(unit["Install"]["WantedBy"], "multi-user.target")
         environment = (REPO / "deploy" / "systemd" / "env.example").read_text()
         self.assertIn("INCIDENT_CONNECTOR_API_TOKEN=", environment)
