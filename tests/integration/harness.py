@@ -51,6 +51,24 @@ def waitFor(
         time.sleep(interval)
 
 
+def rss(pid: int) -> int:
+    """
+    Resident set size of process C{pid}, in bytes.
+    """
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def descriptors(pid: int) -> int:
+    """
+    How many file descriptors process C{pid} has open.
+    """
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def freePort(host: str = "127.0.0.1") -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as s:
@@ -81,7 +99,72 @@ def fingerprintOf(publicLine: str) -> str:
     return out.split()[1]
 
 
-class Relay:
+class RelayProcess:
+    """
+    A relay run as one process tree on a loopback port: waiting for it to
+    listen, crashing, freezing and thawing it, and what a connector needs to
+    trust it.
+
+    @ivar port: where it listens.
+    @ivar hostKeyLine: its public host key, as in a .pub file.
+    @ivar log: its log file.
+    @ivar process: the server process while it runs.
+    """
+
+    port: int
+    hostKeyLine: str
+    log: Path
+    process: subprocess.Popen[bytes] | None
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprintOf(self.hostKeyLine)
+
+    def knownHosts(self, path: Path | None = None) -> Path:
+        path = path or self.dir / "known_hosts"  # type: ignore[attr-defined]
+        keyType, blob = self.hostKeyLine.split()[:2]
+        path.write_text(f"[127.0.0.1]:{self.port} {keyType} {blob}\n")
+        return path
+
+    def _listening(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"relay exited with {self.process.returncode}:\n{self.log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """
+        End the server and every per-connection child, like a relay crash.
+        """
+        if self.process is None:
+            return
+        self._signalAll(signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+    def freeze(self) -> None:
+        """
+        SIGSTOP the server and its per-connection children: the relay accepts
+        nothing and answers nothing, but its sockets stay open.
+        """
+        self._signalAll(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signalAll(signal.SIGCONT)
+
+    def _signalAll(self, signum: int) -> None:
+        assert self.process is not None
+        for pid in [self.process.pid, *descendants(self.process.pid)]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+class Relay(RelayProcess):
     """
     A real OpenSSH sshd, run as the current user on a loopback port.
 
@@ -115,16 +198,6 @@ class Relay:
                 p.unlink()
         self.hostKeyLine = writeKeyPair(self.hostKey, "relay")
 
-    @property
-    def fingerprint(self) -> str:
-        return fingerprintOf(self.hostKeyLine)
-
-    def knownHosts(self, path: Path | None = None) -> Path:
-        path = path or self.dir / "known_hosts"
-        keyType, blob = self.hostKeyLine.split()[:2]
-        path.write_text(f"[127.0.0.1]:{self.port} {keyType} {blob}\n")
-        return path
-
     def start(self) -> Relay:
         config = self.dir / "sshd_config"
         config.write_text(
@@ -154,43 +227,6 @@ class Relay:
             self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
         waitFor(self._listening, 10, f"sshd on port {self.port}")
         return self
-
-    def _listening(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"sshd exited with {self.process.returncode}:\n{self.log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """
-        End the listener and every per-connection child, like a relay crash.
-        """
-        if self.process is None:
-            return
-        self._signalAll(signal.SIGKILL)
-        self.process.wait(10)
-        self.process = None
-
-    def freeze(self) -> None:
-        """
-        SIGSTOP the listener and its per-connection children: the relay accepts
-        nothing and answers nothing, but its sockets stay open.
-        """
-        self._signalAll(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self._signalAll(signal.SIGCONT)
-
-    def _signalAll(self, signum: int) -> None:
-        assert self.process is not None
-        for pid in [self.process.pid, *descendants(self.process.pid)]:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
 
 class Connector:
@@ -662,6 +698,36 @@ class TunnelTestCase(SynchronousTestCase):
         connector = Connector(self.dir / "connector", [*self.connectorArgs(), *extra], env).start()
         self.addCleanup(connector.stop)
         return connector
+
+    def check(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{incident-connector check ARGS...}.
+        """
+        return subprocess.run(
+            [sys.executable, "-c", "from incident_connector.check import main; main()", "check", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+
+    def throughFaultProxy(self, *extra: str) -> tuple[Any, Connector]:
+        """
+        A fault proxy in front of the relay, and a connector dialling the
+        proxy (pinning the relay's host key: known_hosts would name the
+        relay's own port).
+        """
+        from .faultproxy import FaultProxy
+
+        proxy = FaultProxy(("127.0.0.1", self.relay.port)).start()
+        self.addCleanup(proxy.stop)
+        args = self.connectorArgs()
+        args[args.index("--relay-address") + 1] = f"127.0.0.1:{proxy.port}"
+        at = args.index("--known-hosts")
+        args[at : at + 2] = ["--relay-host-key", self.relay.fingerprint]
+        connector = Connector(self.dir / "connector", [*args, *extra]).start()
+        self.addCleanup(connector.stop)
+        return proxy, connector
 
     def target(self, handler, host: str = "127.0.0.1") -> Target:  # type: ignore[no-untyped-def]
         target = Target(handler, host)

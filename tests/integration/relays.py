@@ -25,15 +25,13 @@ import os
 import pwd
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from .harness import MiB, Relay, descendants, fingerprintOf, freePort, waitFor, writeKeyPair
+from .harness import MiB, Relay, RelayProcess, freePort, waitFor, writeKeyPair
 
 __all__ = ["AsyncSSHRelay", "DropbearRelay", "HostileRelay", "RelayFixture", "SshdRelay", "loginUser"]
 
@@ -162,17 +160,13 @@ class SshdRelay(Relay):
         return [_pair(pattern, line) for line in _matching(self.log, pattern)]
 
 
-class _ProcessRelay:
+class _ProcessRelay(RelayProcess):
     """
     What the relays run as one process tree have in common.
 
     @ivar dir: its working directory (keys, config, log).
     @ivar process: the server process while it runs.
     """
-
-    port: int
-    hostKeyLine: str
-    log: Path
 
     def __init__(self, workdir: Path, port: int | None) -> None:
         self.dir = workdir
@@ -182,57 +176,10 @@ class _ProcessRelay:
         self.userKey = self.dir / "id_ed25519"
         self.userKeyLine = writeKeyPair(self.userKey, "connector")
 
-    @property
-    def fingerprint(self) -> str:
-        return fingerprintOf(self.hostKeyLine)
-
-    def knownHosts(self, path: Path | None = None) -> Path:
-        path = path or self.dir / "known_hosts"
-        keyType, blob = self.hostKeyLine.split()[:2]
-        path.write_text(f"[127.0.0.1]:{self.port} {keyType} {blob}\n")
-        return path
-
     def _spawn(self, command: list[str], what: str) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=log, cwd=self.dir)
         waitFor(self._listening, 15, f"{what} on port {self.port}")
-
-    def _listening(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(f"relay exited with {self.process.returncode}:\n{self.log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """
-        End the server and every per-connection child, like a relay crash.
-        """
-        if self.process is None:
-            return
-        self._signalAll(signal.SIGKILL)
-        self.process.wait(10)
-        self.process = None
-
-    def freeze(self) -> None:
-        """
-        SIGSTOP the server and its children: it answers nothing, but its
-        sockets stay open.
-        """
-        self._signalAll(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self._signalAll(signal.SIGCONT)
-
-    def _signalAll(self, signum: int) -> None:
-        assert self.process is not None
-        for pid in [self.process.pid, *descendants(self.process.pid)]:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
 
 class DropbearRelay(_ProcessRelay):

@@ -25,20 +25,8 @@ class FaultTests(TunnelTestCase):
     """
 
     def throughProxy(self, *extra: str) -> tuple[FaultProxy, Connector]:
-        """
-        A fault proxy in front of the relay, and a connector dialling the
-        proxy (pinning the relay's host key: known_hosts would name the
-        relay's own port).
-        """
-        proxy = FaultProxy(("127.0.0.1", self.relay.port)).start()
-        self.addCleanup(proxy.stop)
+        proxy, connector = self.throughFaultProxy(*FAST, *extra)
         self.proxy = proxy
-        args = self.connectorArgs()
-        args[args.index("--relay-address") + 1] = f"127.0.0.1:{proxy.port}"
-        at = args.index("--known-hosts")
-        args[at : at + 2] = ["--relay-host-key", self.relay.fingerprint]
-        connector = Connector(self.dir / "connector", [*args, *FAST, *extra]).start()
-        self.addCleanup(connector.stop)
         return proxy, connector
 
     def assertStreamWorks(self, port: int) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .harness import Connector, MiB, TunnelTestCase, echo, recvExactly, socks5Connect, waitFor
+from .harness import Connector, MiB, TunnelTestCase, echo, recvExactly, rss, socks5Connect, waitFor
 from .relays import HostileRelay, loginUser
 
 FAST = ["--reconnect-initial-delay", "0.1", "--reconnect-max-delay", "0.5"]
@@ -28,17 +28,6 @@ RECORD = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 #: (At the start of the message: relay text quoted inside an error line may say
 #: the same words.)
 ROUTINE = re.compile(r"\] (relay \d+/\d+: )?(connecting to relay|Allocated port|retrying relay)|\] stream ")
-
-
-def rss(pid: int) -> int:
-    """
-    Resident set size of C{pid}, in bytes.
-    """
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 class HostileRelayTests(TunnelTestCase):

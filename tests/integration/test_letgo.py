@@ -6,23 +6,10 @@ back to where they were, and the metrics say why each stream ended.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 
-from .harness import MiB, Target, TunnelTestCase, socks5Connect, waitFor
-
-
-def descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+from .harness import MiB, Target, TunnelTestCase, descriptors, rss, socks5Connect, waitFor
 
 
 class LetGoTests(TunnelTestCase):

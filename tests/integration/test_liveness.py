@@ -37,15 +37,7 @@ def counter(metrics: str, name: str, **labels: str) -> float:
 
 class LivenessTests(TunnelTestCase):
     def throughProxy(self, *extra: str) -> tuple[FaultProxy, Connector]:
-        proxy = FaultProxy(("127.0.0.1", self.relay.port)).start()
-        self.addCleanup(proxy.stop)
-        args = self.connectorArgs()
-        args[args.index("--relay-address") + 1] = f"127.0.0.1:{proxy.port}"
-        at = args.index("--known-hosts")
-        args[at : at + 2] = ["--relay-host-key", self.relay.fingerprint]
-        connector = Connector(self.dir / "connector", [*args, *FAST, *extra]).start()
-        self.addCleanup(connector.stop)
-        return proxy, connector
+        return self.throughFaultProxy(*FAST, *extra)  # type: ignore[no-any-return]
 
     def test_silentRelayPathHeals(self) -> None:
         """

@@ -6,12 +6,10 @@ endpoints that follow the tunnel, JSON logs without secrets, and C{check}.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .harness import REPO, Target, TunnelTestCase, echo, recvAll, recvExactly, socks5Connect, waitFor, writeKeyPair
+from .harness import Target, TunnelTestCase, echo, recvAll, recvExactly, socks5Connect, waitFor, writeKeyPair
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -137,15 +135,6 @@ class LogTests(TunnelTestCase):
 
 
 class CheckTests(TunnelTestCase):
-    def check(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", "from incident_connector.check import main; main()", "check", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
-
     def test_goodSetup(self) -> None:
         server = self.target(echo)
         result = self.check(*self.connectorArgs(), "--forward-dest-allowlist", f"127.0.0.1:{server.port}")

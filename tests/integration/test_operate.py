@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -517,15 +516,6 @@ class DestinationsTests(TunnelTestCase):
 
 
 class FileCheckTests(TunnelTestCase):
-    def check(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", "from incident_connector.check import main; main()", "check", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
-
     def test_checkReadsTheFileAsTheServiceDoes(self) -> None:
         server = self.target(echo)
         path = self.dir / "allowlist"

@@ -11,20 +11,9 @@ import socket
 import threading
 import time
 
-from .harness import MiB, Target, TunnelTestCase, echo, http200, recvAll, recvExactly, socks5Connect, waitFor
+from .harness import MiB, Target, TunnelTestCase, echo, http200, recvAll, recvExactly, rss, socks5Connect, waitFor
 
 FAST = ["--reconnect-initial-delay", "0.1", "--reconnect-max-delay", "0.5"]
-
-
-def rss(pid: int) -> int:
-    """
-    Resident set size of C{pid}, in bytes.
-    """
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 class ReconnectTests(TunnelTestCase):

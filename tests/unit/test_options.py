@@ -20,7 +20,12 @@ from ..integration.harness import REPO, twistdCommand, writeKeyPair
 PIN = "SHA256:" + "A" * 43
 
 
-class OptionsTests(SynchronousTestCase):
+class OptionsTestCase(SynchronousTestCase):
+    """
+    Parses options as the service does; C{parseError} returns the one line a
+    bad one gives.
+    """
+
     def setUp(self) -> None:
         self.key = Path(self.mktemp()).resolve()
         writeKeyPair(self.key)
@@ -40,6 +45,8 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(len(lines), 1, lines)
         return lines[0]
 
+
+class OptionsTests(OptionsTestCase):
     def test_defaults(self) -> None:
         options = self.parse(self.base)
         self.assertEqual((options.relayHost, options.relayPort), ("relay.incident.io", 443))

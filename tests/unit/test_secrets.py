@@ -6,19 +6,16 @@ and a loopback API is never reached through a proxy.
 
 from __future__ import annotations
 
-import io
 import subprocess
-import sys
-from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from incident_connector.options import Options, envName
+from incident_connector.options import envName
 from incident_connector.proxy import Proxy
 
-from ..integration.harness import REPO, twistdCommand, writeKeyPair
+from ..integration.harness import REPO, twistdCommand
+from .test_options import OptionsTestCase
 
-PIN = "SHA256:" + "A" * 43
 SECRET = "Pr0xyP"
 
 # Passwords that urllib cannot split out unless percent-encoded, and other malformed proxy URLs.
@@ -35,28 +32,7 @@ BAD_PROXIES = [
 ]
 
 
-class SecretTestCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.key = Path(self.mktemp()).resolve()
-        writeKeyPair(self.key)
-        self.base = ["--identity-file", str(self.key), "--relay-user", "u", "--relay-host-key", PIN]
-
-    def parse(self, args: list[str], env: dict[str, str] | None = None) -> Options:
-        options = Options(environ=env or {})
-        options.parseOptions(args)
-        return options
-
-    def parseError(self, args: list[str], env: dict[str, str] | None = None) -> str:
-        stderr = io.StringIO()
-        self.patch(sys, "stderr", stderr)
-        exc = self.assertRaises(SystemExit, self.parse, args, env)
-        self.assertEqual(exc.code, 2)
-        lines = stderr.getvalue().splitlines()
-        self.assertEqual(len(lines), 1, lines)
-        return lines[0]
-
-
-class ProxyURLTests(SecretTestCase):
+class ProxyURLTests(OptionsTestCase):
     def test_malformedNeverEchoed(self) -> None:
         """
         Each malformed proxy URL, as --proxy or from the environment, stops
@@ -86,7 +62,7 @@ class ProxyURLTests(SecretTestCase):
         self.assertEqual(str(proxy), "http://proxy.internal:3128")
 
 
-class APIURLTests(SecretTestCase):
+class APIURLTests(OptionsTestCase):
     def tokenArgs(self, url: str) -> list[str]:
         return ["--connector-id", "c1", "--api-token", "t0ken", "--api-url", url]
 
