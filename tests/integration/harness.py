@@ -116,6 +116,16 @@ class RelayProcess:
     log: Path
     process: subprocess.Popen[bytes] | None
 
+    def newHostKey(self) -> None:
+        """
+        A new ed25519 host key (C{host_ed25519} in its directory).
+        """
+        self.hostKey = self.dir / "host_ed25519"  # type: ignore[attr-defined]
+        for p in (self.hostKey, self.hostKey.with_suffix(".pub")):
+            if p.exists():
+                p.unlink()
+        self.hostKeyLine = writeKeyPair(self.hostKey, "relay")
+
     @property
     def fingerprint(self) -> str:
         return fingerprintOf(self.hostKeyLine)
@@ -190,13 +200,6 @@ class Relay(RelayProcess):
         self.newHostKey()
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", exist_ok=True)
-
-    def newHostKey(self) -> None:
-        self.hostKey = self.dir / "host_ed25519"
-        for p in (self.hostKey, self.hostKey.with_suffix(".pub")):
-            if p.exists():
-                p.unlink()
-        self.hostKeyLine = writeKeyPair(self.hostKey, "relay")
 
     def start(self) -> Relay:
         config = self.dir / "sshd_config"

@@ -322,13 +322,6 @@ class AsyncSSHRelay(_ProcessRelay):
         self.authorizedKeys.write_text(self.userKeyLine + "\n")
         self.newHostKey()
 
-    def newHostKey(self) -> None:
-        self.hostKey = self.dir / "host_ed25519"
-        for p in (self.hostKey, self.hostKey.with_suffix(".pub")):
-            if p.exists():
-                p.unlink()
-        self.hostKeyLine = writeKeyPair(self.hostKey, "relay")
-
     def start(self) -> AsyncSSHRelay:
         command = [
             sys.executable, str(ASYNCSSH_RELAY),
