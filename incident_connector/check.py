@@ -26,6 +26,7 @@ from .options import Options, fail
 from .service import makeCredentials, relayEndpoint, relayFactory
 from .suggest import suggest
 from .tunnel.channel import ForwardedChannel
+from .tunnel.connection import RelayConnection
 from .tunnel.errors import TunnelError
 from .tunnel.interfaces import IStreamProtocol
 from .tunnel.transport import RelayTransport
@@ -111,8 +112,8 @@ async def _relaySteps(reactor: Any, options: Options, report: Report) -> None:
         report.ok(f"host key verified ({transport.hostKeyFingerprint})")
         report.ok(f"authenticated as {credentials.user}")
         report.ok(f"forward granted (relay port {port})")
-        assert transport.connection is not None
-        await transport.connection.drain(0)
+        connection = cast(RelayConnection, transport.connection)
+        await connection.drain(0)
     finally:
         if timeout.active():
             timeout.cancel()

@@ -30,7 +30,7 @@ import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.application import service
 from twisted.internet import task
@@ -38,10 +38,24 @@ from twisted.logger import Logger
 
 from .allowlist import Allowlist, AllowlistError, InvalidDestination, Verdict, normalize
 from .metrics import ConnectorMetrics
-from .results import StreamRecord, StreamResult, timestamp
+from .results import StreamRecord, timestamp
 
-if TYPE_CHECKING:
-    from .stream import ForwardedStream
+
+class Revocable(Protocol):
+    """
+    An open stream, as a reload sees it.
+
+    @ivar record: what it asked for, to judge against the new list.
+    """
+
+    record: StreamRecord
+
+    def revoke(self) -> bool:
+        """
+        Close it because the allowlist no longer allows it; whether it was
+        still open to close.
+        """
+
 
 __all__ = [
     "MAX_FILE_SIZE",
@@ -200,18 +214,18 @@ class OpenStreams:
     """
 
     def __init__(self) -> None:
-        self._streams: set[ForwardedStream] = set()
+        self._streams: set[Revocable] = set()
 
-    def add(self, stream: ForwardedStream) -> None:
+    def add(self, stream: Revocable) -> None:
         self._streams.add(stream)
 
-    def discard(self, stream: ForwardedStream) -> None:
+    def discard(self, stream: Revocable) -> None:
         self._streams.discard(stream)
 
     def __len__(self) -> int:
         return len(self._streams)
 
-    def __iter__(self) -> Iterator[ForwardedStream]:
+    def __iter__(self) -> Iterator[Revocable]:
         return iter(list(self._streams))
 
     def revoke(self, allowlist: Allowlist) -> int:
@@ -223,15 +237,8 @@ class OpenStreams:
         """
         closed = 0
         for stream in self:
-            if stillAllowed(allowlist, stream.record):
-                continue
-            if stream.splice is not None:
-                stream.splice.end(StreamResult.REVOKED)
-            elif stream.opening is not None:
-                stream.opening.revoke()
-            else:
-                continue
-            closed += 1
+            if not stillAllowed(allowlist, stream.record) and stream.revoke():
+                closed += 1
         return closed
 
 

@@ -150,6 +150,19 @@ class ForwardedStream:
         if self.record.result is None:
             self.record.result = result
 
+    def revoke(self) -> bool:
+        """
+        A reloaded allowlist no longer allows this stream: a spliced one
+        ends (result C{revoked}), one still dialling is answered 0x02.
+        """
+        if self.splice is not None:
+            self.splice.end(StreamResult.REVOKED)
+            return True
+        if self.opening is not None:
+            self.opening.revoke()
+            return True
+        return False
+
     # Reporting, once the channel is gone.
 
     def _report(self) -> None:

@@ -20,7 +20,7 @@ from .hostkeys import HostKeyPolicy
 if TYPE_CHECKING:
     from twisted.conch.ssh.service import SSHService
 
-    from .transport import RelayTransport
+    from .interfaces import IRelayTransport
 
 __all__ = ["Credentials", "CredentialsSource", "RelayUserAuth", "loadIdentity"]
 
@@ -83,7 +83,7 @@ class RelayUserAuth(userauth.SSHUserAuthClient):
     """
 
     preferredOrder = [b"publickey"]
-    transport: RelayTransport  # type: ignore[assignment]
+    transport: IRelayTransport  # type: ignore[assignment]
 
     def __init__(
         self, user: bytes, instance: SSHService, key: keys.Key, certificate: UserCertificate | None = None

@@ -13,17 +13,13 @@ window (too much is buffered towards destinations overall).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IProducer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .interfaces import IStreamProtocol, IStreamTransport
-
-if TYPE_CHECKING:
-    from .connection import RelayConnection
+from .interfaces import IChannelOwner, IStreamProtocol, IStreamTransport
 
 __all__ = ["LOCAL_MAX_PACKET", "LOCAL_WINDOW", "ForwardedChannel"]
 
@@ -89,7 +85,7 @@ class ForwardedChannel:
 
     def __init__(
         self,
-        connection: RelayConnection,
+        connection: IChannelOwner,
         localId: int,
         remoteId: int,
         remoteWindow: int,

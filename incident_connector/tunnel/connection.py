@@ -21,24 +21,22 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.conch.ssh.service import SSHService
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..budget import Budget
 from ..logs import Throttle
 from ..metrics import ConnectorMetrics
 from .channel import LIGHT, LOCAL_MAX_PACKET, LOCAL_WINDOW, ForwardedChannel
 from .errors import ProtocolError, TunnelError
-from .interfaces import IStreamProtocol
+from .interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamProtocol
 from .wire import Reader, escape, string, uint32
-
-if TYPE_CHECKING:
-    from .transport import RelayTransport
 
 __all__ = ["BIND_HOST", "RelayConnection", "StreamFactory"]
 
@@ -74,6 +72,7 @@ MAX_PENDING_REQUESTS = 64
 StreamFactory = Callable[[ForwardedChannel], IStreamProtocol]
 
 
+@implementer(IConnectionService, IChannelOwner)
 class RelayConnection(SSHService):
     """
     The multiplexer over one authenticated relay connection.
@@ -96,7 +95,7 @@ class RelayConnection(SSHService):
     """
 
     name = b"ssh-connection"
-    transport: RelayTransport  # type: ignore[assignment]
+    transport: IRelayTransport  # type: ignore[assignment]
     log = Logger()
 
     def __init__(

@@ -2,6 +2,10 @@
 """
 The contract between the tunnel and the streams it carries.
 
+Inside the tunnel, the transport and the connection service see each other
+through L{IRelayTransport} and L{IConnectionService}, and a channel its
+connection through L{IChannelOwner}.
+
 A stream sees its C{forwarded-tcpip} channel as a transport
 (L{IStreamTransport}): it writes, half-closes, closes, and the channel is a
 producer and a consumer, so the stream can splice it to a TCP connection with
@@ -11,15 +15,19 @@ Twisted's own back-pressure.  The channel sees the stream as a protocol
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.interfaces import (
     IConsumer,
     IHalfCloseableProtocol,
     IProtocol,
     IPushProducer,
 )
-from zope.interface import Attribute
+from zope.interface import Attribute, Interface
 
-__all__ = ["IStreamProtocol", "IStreamTransport"]
+from .errors import TunnelError
+
+__all__ = ["IChannelOwner", "IConnectionService", "IRelayTransport", "IStreamProtocol", "IStreamTransport"]
 
 
 class IStreamTransport(IConsumer, IPushProducer):
@@ -84,4 +92,127 @@ class IStreamProtocol(IProtocol, IHalfCloseableProtocol):
         """
         Several pieces of channel data that arrived in one read from the
         relay, in order: the stream may pass them on with one system call.
+        """
+
+
+class IRelayTransport(Interface):
+    """
+    What the connection service asks of the SSH transport under it.
+    """
+
+    ready = Attribute("A Deferred: the allocated port once the forward is granted, or why it never was.")
+    lastReceived = Attribute("When bytes last arrived from the relay (clock seconds): liveness.")
+    rekeys = Attribute("Key exchanges completed after the first.")
+    canSendData = Attribute("Channel data may be sealed now (no key exchange holds it back).")
+
+    def sendPacket(messageType: int, payload: bytes) -> None:
+        """
+        Send a control message now, ahead of channel data not yet sealed.
+        """
+
+    def sendChannelData(packets: list[tuple[int, bytes | memoryview]]) -> None:
+        """
+        Send each C{(recipient channel, data)} as one channel data message, in one write.
+        """
+
+    def sendRoom() -> int:
+        """
+        How many bytes of channel data to seal now.
+        """
+
+    def sendUnimplemented() -> None:
+        """
+        Tell the relay its last message was not understood.
+        """
+
+    def forwardGranted(port: int) -> None:
+        """
+        The relay allocated C{port}: the connection is up.
+        """
+
+    def fail(error: TunnelError) -> None:
+        """
+        Record why the connection cannot serve (the first reason wins).
+        """
+
+    def loseConnection() -> None:
+        """
+        Close once what is queued is flushed (with a deadline).
+        """
+
+    def abortConnection() -> None:
+        """
+        Close now.
+        """
+
+
+class IConnectionService(Interface):
+    """
+    What the transport asks of the C{ssh-connection} service once logged in.
+    """
+
+    def packetReceived(messageNum: int, packet: bytes) -> None:
+        """
+        A connection-protocol message (80 to 127) from the relay.
+        """
+
+    def channelDataReceived(localChannel: int, data: bytes) -> None:
+        """
+        Channel data, parsed by the transport straight out of the plaintext.
+        """
+
+    def readStarted() -> None:
+        """
+        The transport starts on one read from the relay.
+        """
+
+    def readFinished() -> None:
+        """
+        The transport is done with that read: deliver what was gathered.
+        """
+
+    def sendBufferDrained() -> None:
+        """
+        The relay connection can take more channel data.
+        """
+
+
+class IChannelOwner(Interface):
+    """
+    What a channel asks of the connection carrying it.
+    """
+
+    label = Attribute("Names the connection in logs when there are several (C{1/3}).")
+    congested = Attribute("Too much is queued for the relay: streams stop reading.")
+    windowsHeld = Attribute("Too much is buffered towards destinations: no channel gets more window.")
+    gathered = Attribute("The channels holding data from the read in progress (a list to append to).")
+
+    def queued(channel: Any, amount: int) -> None:
+        """
+        C{amount} bytes joined (or, negative, left) C{channel}'s queue.
+        """
+
+    def markSendable(channel: Any) -> None:
+        """
+        C{channel} has data and maybe window: serve it in its turn.
+        """
+
+    def sendWindowAdjust(channel: Any, amount: int) -> None:
+        """
+        Give the relay C{amount} more bytes of window on C{channel}.
+        """
+
+    def sendEOF(channel: Any) -> None:
+        """
+        Send EOF on C{channel}.
+        """
+
+    def sendClose(channel: Any) -> None:
+        """
+        Send CLOSE on C{channel}.
+        """
+
+    def channelEnded(channel: Any) -> None:
+        """
+        Both sides closed C{channel}: its number is free again.
         """

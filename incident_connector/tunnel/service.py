@@ -118,7 +118,8 @@ class RelayService(service.Service):
         """
         The live connection service, while the forward is granted.
         """
-        return self.transport.connection if self.transport is not None else None
+        # The factory this service was given builds RelayConnections.
+        return cast(RelayConnection, self.transport.connection) if self.transport is not None else None
 
     @property
     def allocatedPort(self) -> int | None:

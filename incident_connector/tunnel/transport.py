@@ -37,6 +37,7 @@ from zope.interface import implementer
 from .. import __version__, _twisted
 from .errors import ProtocolError, TunnelError
 from .hostkeys import HostKeyMismatch, fingerprint
+from .interfaces import IConnectionService, IRelayTransport
 from .kex import (
     CIPHER_PREFERENCE,
     HOST_KEY_PREFERENCE,
@@ -55,7 +56,6 @@ from .wire import Reader, escape, string, uint32
 
 if TYPE_CHECKING:
     from .auth import Credentials
-    from .connection import RelayConnection
 
 __all__ = ["RekeyPolicy", "RelayTransport", "RelayTransportFactory"]
 
@@ -155,7 +155,7 @@ class _KeyExchange:
         self.sentNewKeys = False
 
 
-@implementer(IPullProducer)
+@implementer(IPullProducer, IRelayTransport)
 class RelayTransport(protocol.Protocol):
     """
     One SSH connection to the relay.
@@ -183,7 +183,7 @@ class RelayTransport(protocol.Protocol):
         self.ready: defer.Deferred[int] = defer.Deferred()
         self.whenLost: defer.Deferred[str] = defer.Deferred()
         self.service: SSHService | None = None
-        self.connection: RelayConnection | None = None
+        self.connection: IConnectionService | None = None
         self.hostKeyFingerprint: str | None = None
         self.sessionID: bytes | None = None
         self.negotiated: Negotiated | None = None
@@ -658,9 +658,7 @@ class RelayTransport(protocol.Protocol):
         if self._phase is not _Phase.AUTH:
             raise ProtocolError("a service was started out of turn")
         self._phase = _Phase.CONNECTED
-        from .connection import RelayConnection
-
-        if isinstance(service, RelayConnection):
+        if IConnectionService.providedBy(service):
             self.connection = service
         self._startService(service)
 

@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 
 from incident_connector.tunnel.channel import HIGH_WATER, LOCAL_WINDOW, ForwardedChannel
 from incident_connector.tunnel.connection import CONGESTION
-from incident_connector.tunnel.interfaces import IStreamTransport
+from incident_connector.tunnel.interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamTransport
 
 from .sshpeer import Pair, PeerChannel, openForwarded
 
@@ -76,9 +76,15 @@ class ScheduledPair:
 
 
 class SchedulerTests(SynchronousTestCase):
-    def test_channelIsAStreamTransport(self) -> None:
+    def test_contracts(self) -> None:
+        """
+        Each layer provides the interface the one above or below it uses.
+        """
         pair = ScheduledPair(1)
         self.assertTrue(verifyObject(IStreamTransport, pair.channels[0]))
+        self.assertTrue(verifyObject(IChannelOwner, pair.connection))
+        self.assertTrue(verifyObject(IConnectionService, pair.connection))
+        self.assertTrue(verifyObject(IRelayTransport, pair.pair.client))
 
     def test_controlOvertakesQueuedData(self) -> None:
         """
