@@ -67,8 +67,13 @@ def loadIdentity(path: str) -> keys.Key:
     """
     try:
         key = keys.Key.fromFile(path)
-    except (keys.BadKeyError, keys.EncryptedKeyError, OSError) as e:
-        raise ValueError(f"cannot load {path!r}: {e}") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path!r}: {e.strerror}") from None
+    except keys.EncryptedKeyError:
+        raise ValueError(f"{path!r} is encrypted; give an unencrypted key") from None
+    except (keys.BadKeyError, ValueError, IndexError, TypeError):
+        # Conch's message may quote the file: never print what could be a secret.
+        raise ValueError(f"{path!r} is not an OpenSSH private key") from None
     if not key.isPublic() and key.type() in ("Ed25519", "EC"):
         return key
     raise ValueError(f"{path!r} is a {key.type()} key; use ed25519 (Conch signs RSA with SHA-1, which OpenSSH refuses)")

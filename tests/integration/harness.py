@@ -240,7 +240,8 @@ class Connector:
     exactly C{program} and C{args}).
 
     @ivar output: the file collecting its stdout and stderr.
-    @ivar metricsPort: where its /metrics, /healthz and /readyz are served.
+    @ivar metricsPort: where its /metrics, /healthz and /readyz are served (it
+        listens on port 0 and says which port it got).
     @ivar descriptorLimits: C{(soft, hard)} C{RLIMIT_NOFILE} to start it with, or L{None}.
     @ivar prelude: Python run in the connector's process before twistd
         starts (a test device, e.g. narrowing the algorithms it offers).
@@ -259,7 +260,7 @@ class Connector:
         self.prelude = prelude
         self.dir.mkdir(parents=True, exist_ok=True)
         self.output = self.dir / f"connector-{id(self)}.log"
-        self.metricsPort = freePort()
+        self._metricsPort: int | None = None
         self.args = args
         self.env = env or {}
         self.program = program
@@ -269,7 +270,8 @@ class Connector:
     def start(self) -> Connector:
         env = {k: v for k, v in os.environ.items() if not k.startswith("INCIDENT_CONNECTOR_")}
         env["PYTHONPATH"] = str(REPO)
-        metrics = f"tcp:{self.metricsPort}:interface=127.0.0.1"
+        # Port 0, reported back in the log: no race for a port chosen in advance.
+        metrics = "tcp:0:interface=127.0.0.1"
         if self.program is None:
             command = [*twistdCommand(self.prelude), *reactorArguments(), "-n", "--pidfile=", "incident-connector"]
             command += [f"--metrics-listen={metrics}", *self.args]
@@ -291,6 +293,13 @@ class Connector:
 
     def text(self) -> str:
         return self.output.read_text(errors="replace")
+
+    @property
+    def metricsPort(self) -> int:
+        if self._metricsPort is None:
+            # Twisted logs the port a listening factory got.
+            self._metricsPort = int(self.waitForLog(r"\(ListenerFactory\) starting on (\d+)").group(1))
+        return self._metricsPort
 
     def waitForLog(self, pattern: str, timeout: float = 15.0, after: int = 0) -> re.Match[str]:
         def found() -> re.Match[str] | None:
