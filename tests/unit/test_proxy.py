@@ -33,7 +33,7 @@ class TunnelTests(SynchronousTestCase):
         reactor.advance(0)
         factory = reactor.tcpClients[-1][2] if reactor.tcpClients else None
         self.assertIsNotNone(factory, "no connection to the proxy was attempted")
-        tunnel = factory.buildProtocol(None)  # type: ignore[union-attr]
+        tunnel = factory.buildProtocol(None)
         transport = StringTransport()
         tunnel.makeConnection(transport)
         return tunnel, transport, inner, connecting
@@ -43,17 +43,17 @@ class TunnelTests(SynchronousTestCase):
         request = transport.value().decode()
         self.assertTrue(request.startswith("CONNECT relay.example:443 HTTP/1.1\r\n"), request)
         self.assertIn("Proxy-Authorization: Basic YWxpY2U6cHc=\r\n", request)
-        tunnel.dataReceived(b"HTTP/1.1 200 Connection established\r\nVia: x\r\n\r\nSSH-2.0-relay\r\n")  # type: ignore[attr-defined]
+        tunnel.dataReceived(b"HTTP/1.1 200 Connection established\r\nVia: x\r\n\r\nSSH-2.0-relay\r\n")
         self.assertEqual(inner.received, b"SSH-2.0-relay\r\n")
         self.assertIs(inner.transport, transport)
-        tunnel.dataReceived(b"more")  # type: ignore[attr-defined]
+        tunnel.dataReceived(b"more")
         self.assertEqual(inner.received, b"SSH-2.0-relay\r\nmore")
-        self.successResultOf(connecting)  # type: ignore[arg-type]
+        self.successResultOf(connecting)
 
     def test_refusedSaysWhyWithoutPassword(self) -> None:
         tunnel, transport, inner, connecting = self.connect("http://alice:s3cret@proxy.internal:3128")
-        tunnel.dataReceived(b"HTTP/1.1 403 Forbidden\r\n\r\n")  # type: ignore[attr-defined]
-        failure = self.failureResultOf(connecting, ProxyError)  # type: ignore[arg-type]
+        tunnel.dataReceived(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+        failure = self.failureResultOf(connecting, ProxyError)
         message = str(failure.value)
         self.assertIn("refused CONNECT to relay.example:443: 403 Forbidden", message)
         self.assertNotIn("s3cret", message)
@@ -61,7 +61,7 @@ class TunnelTests(SynchronousTestCase):
         self.assertEqual(inner.received, b"")
 
     def test_answerTooLong(self) -> None:
-        tunnel, transport, _, connecting = self.connect()
-        tunnel.dataReceived(b"HTTP/1.1 200 OK\r\n" + b"X: " + b"y" * 20000)  # type: ignore[attr-defined]
-        failure = self.failureResultOf(connecting, ProxyError)  # type: ignore[arg-type]
+        tunnel, _, _, connecting = self.connect()
+        tunnel.dataReceived(b"HTTP/1.1 200 OK\r\n" + b"X: " + b"y" * 20000)
+        failure = self.failureResultOf(connecting, ProxyError)
         self.assertIn("too long", str(failure.value))
