@@ -45,6 +45,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 __all__ = [
     "CpuMeter",
     "GiB",
+    "KiB",
     "MiB",
     "OpenSSH",
     "RelayLike",
@@ -261,7 +262,7 @@ def readyz(connector: Connector) -> dict[str, Any]:
 def serve(sock: socket.socket) -> None:
     """
     One destination for every measurement, told what to do by its first
-    line: ``D<n>`` sends n bytes (whole MiB), ``U<n>`` reads n bytes and
+    line: ``D<n>`` sends n bytes, ``U<n>`` reads n bytes and
     answers ``OK``, ``E`` echoes (with TCP_NODELAY).
     """
     line = b""
@@ -272,9 +273,10 @@ def serve(sock: socket.socket) -> None:
         line += chunk
     kind, size = line[:1], int(line[1:].strip() or 0)
     if kind == b"D":
-        block = b"\0" * MiB
-        for _ in range(size // MiB):
-            sock.sendall(block)
+        block = memoryview(b"\0" * MiB)
+        while size > 0:
+            sock.sendall(block[: min(size, MiB)])
+            size -= MiB
     elif kind == b"U":
         left = size
         while left:
@@ -315,12 +317,12 @@ def upload(port: int, destination: int, size: int, timeout: float = 300) -> floa
     """
     sock, code = socks5Connect(port, "127.0.0.1", destination, timeout=timeout)
     assert code == 0, f"SOCKS reply {code}"
-    block = b"\0" * MiB
+    block = memoryview(b"\0" * MiB)
     with sock:
         sock.sendall(b"U%d\n" % size)
         started = time.perf_counter()
-        for _ in range(size // MiB):
-            sock.sendall(block)
+        for offset in range(0, size, MiB):
+            sock.sendall(block[: min(MiB, size - offset)])
         assert recvExactly(sock, 2) == b"OK"
         return time.perf_counter() - started
 
