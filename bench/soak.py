@@ -26,7 +26,7 @@ A stream that fails while a reset or the reconnect after it is under way
 (from the reset until a new port is seen, plus 1 s) is expected to; any
 other failure is not.  Reported at the end: RSS slope by least squares
 (KB/min: over the whole run, after the first cycle, over the second half),
-end, max), streams by outcome, expected and unexpected failures,
+descriptors (start, end, max), streams by outcome, expected and unexpected failures,
 reconnects (the connector's ``connection_attempts`` and its log), and the
 connector's ``streams_total`` and ``bytes_total`` against what the clients
 counted.  ``--json`` writes the figures to a file.  Run by hand.
