@@ -17,9 +17,11 @@ For each relay, two relay processes and two connectors run side by side
 (re-keying and not: "default" rows keep each side's own limit, which is
 1 GiB for chacha20-poly1305 and for what AsyncSSH sends, so one re-key per
 1 GiB transfer can show there); their transfers alternate (the order
-reversed every run).  Reported: MB/s (median), connector and relay CPU seconds per GiB
-(median; /proc/PID/stat), and the re-keys counted by the connector
-(``/readyz`` ``connections[0].rekeys``) per transfer.  Run by hand.
+reversed every run).  ``--with-openssh`` adds ``ssh -N -R 0`` on two more
+sshds, re-keying and not, for comparison.  Reported: MB/s (median), client
+and relay CPU seconds per GiB (median; /proc/PID/stat), and the re-keys per
+transfer (the connector's ``/readyz`` ``connections[0].rekeys``; for ssh,
+sshd's log).  Run by hand.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 from benchkit import (
     GiB,
     MiB,
+    OpenSSH,
     cpuSeconds,
     download,
     median,
@@ -60,8 +63,8 @@ def parseSize(text: str) -> int:
 @dataclass
 class Pair:
     """
-    One relay process and the connector logged in to it, used for some
-    directions.
+    One relay process and the client logged in to it (the connector, or
+    ``ssh`` next to sshd with C{--with-openssh}), used for some directions.
 
     @ivar by: who re-keys (C{"-"}: nobody).
     @ivar directions: the directions it is measured in.
@@ -71,7 +74,7 @@ class Pair:
     by: str
     directions: list[str]
     relay: Any
-    connector: Connector
+    client: Connector | OpenSSH
     port: int = 0
     samples: dict[str, list[float]] = field(default_factory=dict)
 
@@ -82,8 +85,18 @@ class Pair:
     def add(self, key: str, value: float) -> None:
         self.samples.setdefault(key, []).append(value)
 
+    @property
+    def clientName(self) -> str:
+        return "connector" if isinstance(self.client, Connector) else "openssh"
+
     def rekeys(self) -> int:
-        return int(readyz(self.connector)["connections"][0]["rekeys"] or 0)
+        """
+        Key exchanges after the first: as the connector counts them, or for
+        ssh as sshd logs them.
+        """
+        if isinstance(self.client, Connector):
+            return int(readyz(self.client)["connections"][0]["rekeys"] or 0)
+        return self.relay.keyExchanges() - 1
 
     def cipher(self) -> str:
         negotiated = self.relay.negotiated()
@@ -91,15 +104,23 @@ class Pair:
         return negotiated[0][0] if negotiated else "chacha20-poly1305@openssh.com"
 
 
-def setups(kind: str, directions: list[str]) -> list[tuple[str, list[str], dict[str, Any], list[str]]]:
+def setups(
+    kind: str, directions: list[str], openssh: bool
+) -> list[tuple[str, list[str], dict[str, Any], list[str] | None]]:
     """
     For one relay kind: C{(who re-keys, directions, relay arguments,
-    connector options)} for each relay process and connector to start; the
-    limit is filled in later.
+    connector options or None for ssh)} for each relay process and client to
+    start; the limit is filled in later.
     """
     rekeyOption = ["--rekey-limit", "LIMIT"]
     if kind == "sshd":
-        return [("-", directions, {}, []), ("sshd", directions, {"rekeyLimit": "LIMIT"}, [])]
+        both: list[tuple[str, list[str], dict[str, Any], list[str] | None]] = [
+            ("-", directions, {}, []),
+            ("sshd", directions, {"rekeyLimit": "LIMIT"}, []),
+        ]
+        if openssh:
+            both += [("-", directions, {}, None), ("sshd", directions, {"rekeyLimit": "LIMIT"}, None)]
+        return both
     if kind == "asyncssh":
         return [
             ("-", directions, {}, []),
@@ -110,12 +131,11 @@ def setups(kind: str, directions: list[str]) -> list[tuple[str, list[str], dict[
 
 
 def startPair(
-    kind: str, by: str, directions: list[str], relayArgs: dict[str, Any], options: list[str], work: Path, allow: str,
-    limit: int,
+    kind: str, by: str, directions: list[str], relayArgs: dict[str, Any], options: list[str] | None, work: Path,
+    allow: str, limit: int,
 ) -> Pair:  # fmt: skip
-    where = work / f"{kind}-{by.lower().replace('-', 'plain')}"
+    where = work / f"{kind}-{by.lower().replace('-', 'plain')}-{'ssh' if options is None else 'connector'}"
     relayArgs = {k: (limit if k == "rekeyBytes" else str(limit)) for k in relayArgs}
-    options = [str(limit) if option == "LIMIT" else option for option in options]
     relay: Any
     if kind == "sshd":
         relay = SshdRelay(where / "relay", **relayArgs)
@@ -124,13 +144,18 @@ def startPair(
     else:
         relay = DropbearRelay(where / "relay", **relayArgs)
     relay.start()
-    connector = startConnector(where / "connector", relay, allow, options)
-    return Pair(kind, by, directions, relay, connector)
+    client: Connector | OpenSSH
+    if options is None:
+        client = OpenSSH(relay, allow, where / "ssh")
+    else:
+        options = [str(limit) if option == "LIMIT" else option for option in options]
+        client = startConnector(where / "connector", relay, allow, options)
+    return Pair(kind, by, directions, relay, client)
 
 
 def measure(pair: Pair, direction: str, destination: int, size: int) -> None:
-    assert pair.connector.process is not None and pair.relay.process is not None
-    pid, relayPid = pair.connector.process.pid, pair.relay.process.pid
+    assert pair.client.process is not None and pair.relay.process is not None
+    pid, relayPid = pair.client.process.pid, pair.relay.process.pid
     before, relayBefore, rekeysBefore = cpuSeconds(pid), treeCpuSeconds(relayPid), pair.rekeys()
     transfer = download if direction == "down" else upload
     seconds = transfer(pair.port, destination, size)
@@ -147,6 +172,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="transfers per pair and direction, interleaved")
     parser.add_argument("--relays", default=",".join(RELAYS), help="which relays, comma-separated")
     parser.add_argument("--directions", default="down,up", help="down (destination to client), up, or both")
+    parser.add_argument("--with-openssh", action="store_true", help="ssh -R next to sshd, re-keying and not")
     args = parser.parse_args()
     limit = parseSize(args.rekey)
     size = args.size_mib * MiB
@@ -165,11 +191,11 @@ def main() -> None:
         for kind in kinds:
             pairs: list[Pair] = []
             try:
-                for by, covered, relayArgs, options in setups(kind, directions):
+                for by, covered, relayArgs, options in setups(kind, directions, args.with_openssh):
                     if covered:
                         pairs.append(startPair(kind, by, covered, relayArgs, options, work, allow, limit))
                 for pair in pairs:
-                    pair.port = pair.connector.allocatedPort()
+                    pair.port = pair.client.allocatedPort()
                 for run in range(args.repeat):
                     for direction in directions:
                         turn = [pair for pair in pairs if direction in pair.directions]
@@ -179,23 +205,29 @@ def main() -> None:
                     rows += [(pair, direction) for pair in pairs if direction in pair.directions]
             finally:
                 for pair in pairs:
-                    pair.connector.stop()
+                    pair.client.stop()
                     pair.relay.stop()
     finally:
         target.close()
 
-    layout = "{:9} {:18} {:5} {:7} {:10} {:>7} {:>10} {:>7} {:>9} {:>6} {:>6}"
+    layout = "{:9} {:10} {:18} {:5} {:7} {:10} {:>7} {:>10} {:>7} {:>9} {:>6} {:>6}"
     print()
-    print(
-        layout.format("relay", "cipher", "dir", "re-key", "by", "MB/s", "connector", "relay", "re-keys", "MB/s", "CPU")
-    )
-    print(layout.format("", "", "", "", "", "", "CPU s/GiB", "s/GiB", "/transfer", "ratio", "ratio"))
+    for header in (
+        ("relay", "client", "cipher", "dir", "re-key", "by", "MB/s", "client", "relay", "re-keys", "MB/s", "CPU"),
+        ("", "", "", "", "", "", "", "CPU s/GiB", "s/GiB", "/transfer", "ratio", "ratio"),
+    ):
+        print(layout.format(*header))
     for pair, direction in rows:
-        plain = next(p for p, d in rows if p.kind == pair.kind and d == direction and not p.rekeying)
+        plain = next(
+            p
+            for p, d in rows
+            if p.kind == pair.kind and p.clientName == pair.clientName and d == direction and not p.rekeying
+        )
         rate, cpu = median(pair.samples[direction]), median(pair.samples[direction + "_cpu"])
         print(
             layout.format(
                 pair.kind,
+                pair.clientName,
                 pair.cipher().split("@")[0],
                 direction,
                 args.rekey if pair.rekeying else "default",
