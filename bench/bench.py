@@ -49,6 +49,7 @@ from benchkit import (
     download,
     median,
     percentile,
+    removeWorkdir,
     roundTrips,
     rss,
     serve,
@@ -263,6 +264,7 @@ def main() -> None:
         f"{args.streams} streams x {args.stream_repeat}; all interleaved; medians; ratios are medians of "
         f"per-round ratios; {time.monotonic() - started:.0f} s; {today()}; load average at the start {load:.1f})"
     )
+    removeWorkdir(work)
 
 
 if __name__ == "__main__":

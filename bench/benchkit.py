@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,7 +44,6 @@ GiB = 1024 * MiB
 TICK = os.sysconf("SC_CLK_TCK")
 
 __all__ = [
-    "CpuMeter",
     "GiB",
     "KiB",
     "MiB",
@@ -57,6 +57,7 @@ __all__ = [
     "median",
     "percentile",
     "readyz",
+    "removeWorkdir",
     "roundTrips",
     "rss",
     "serve",
@@ -79,6 +80,14 @@ class RelayLike(Protocol):
 
     @property
     def fingerprint(self) -> str: ...
+
+
+def removeWorkdir(path: Path) -> None:
+    """
+    Remove a run's directory (keys, configs, logs) once the run succeeded;
+    a failed run never gets here, so its logs stay for a look.
+    """
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def loginUser() -> str:
@@ -120,24 +129,6 @@ def treeCpuSeconds(pid: int) -> float:
     the per-connection processes it forked (which rename themselves).
     """
     return sum(cpuSeconds(each) for each in [pid, *descendants(pid)])
-
-
-class CpuMeter:
-    """
-    CPU seconds spent by some processes between L{start} and L{stop}.
-
-    @ivar measure: returns the processes' CPU seconds so far.
-    """
-
-    def __init__(self, measure: Callable[[], float]) -> None:
-        self.measure = measure
-        self._started = 0.0
-
-    def start(self) -> None:
-        self._started = self.measure()
-
-    def stop(self) -> float:
-        return self.measure() - self._started
 
 
 def rss(pid: int, field: str = "VmRSS") -> float:

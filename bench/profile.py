@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchkit import GiB, MiB, OpenSSH, cpuSeconds, download, serve, startConnector, today, upload
+from benchkit import GiB, MiB, OpenSSH, cpuSeconds, download, removeWorkdir, serve, startConnector, today, upload
 
 from tests.integration.harness import Connector, Target, tempdir
 from tests.integration.relays import SshdRelay
@@ -155,6 +155,7 @@ def main() -> None:
             relay.stop()
         target.close()
     print(f"\n({args.seconds:.0f} s sampled per client; {today()})")
+    removeWorkdir(work)
 
 
 if __name__ == "__main__":

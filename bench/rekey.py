@@ -40,6 +40,7 @@ from benchkit import (
     download,
     median,
     readyz,
+    removeWorkdir,
     serve,
     startConnector,
     today,
@@ -247,6 +248,7 @@ def main() -> None:
         f"ciphers each side's choice; "
         f"{time.monotonic() - started:.0f} s; {today()})"
     )
+    removeWorkdir(work)
 
 
 if __name__ == "__main__":

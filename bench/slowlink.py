@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchkit import KiB, OpenSSH, median, percentile, serve, startConnector, today
+from benchkit import KiB, OpenSSH, median, percentile, removeWorkdir, serve, startConnector, today
 
 from tests.integration.faultproxy import FaultProxy
 from tests.integration.harness import Connector, Target, recvExactly, socks5Connect, tempdir
@@ -275,6 +275,7 @@ def main() -> None:
         f"the worst run, goodput the median; ssh and connector as deployed (each its own cipher choice); "
         f"{time.monotonic() - started:.0f} s; {today()})"
     )
+    removeWorkdir(work)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchkit import KiB, MiB, descriptorCount, readyz, rss, serve, startConnector, today
+from benchkit import KiB, MiB, descriptorCount, readyz, removeWorkdir, rss, serve, startConnector, today
 
 from tests.integration.faultproxy import FaultProxy
 from tests.integration.harness import Connector, Target, recvExactly, socks5Connect, tempdir, waitFor
@@ -502,6 +502,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
+    removeWorkdir(work)
 
 
 if __name__ == "__main__":
