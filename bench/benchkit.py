@@ -220,12 +220,17 @@ class OpenSSH:
 
 
 def startConnector(
-    workdir: Path, relay: RelayLike, allow: str, extra: Iterable[str] = (), port: int | None = None
+    workdir: Path,
+    relay: RelayLike,
+    allow: str,
+    extra: Iterable[str] = (),
+    port: int | None = None,
+    prelude: str = "",
 ) -> Connector:
     """
     The connector as ``twistd -n incident-connector``, logging in to C{relay}
     (dialling C{port} instead when given: a proxy in front of it), its host
-    key pinned by fingerprint.
+    key pinned by fingerprint; C{prelude} is Python run in its process first.
     """
     args = [
         "--relay-address", f"127.0.0.1:{port or relay.port}",
@@ -236,7 +241,7 @@ def startConnector(
         "--max-streams", "4096",
         *extra,
     ]  # fmt: skip
-    return Connector(workdir, args).start()
+    return Connector(workdir, args, prelude=prelude).start()
 
 
 def readyz(connector: Connector) -> dict[str, Any]:

@@ -29,7 +29,11 @@ other failure is not.  Reported at the end: RSS slope by least squares
 descriptors (start, end, max), streams by outcome, expected and unexpected failures,
 reconnects (the connector's ``connection_attempts`` and its log), and the
 connector's ``streams_total`` and ``bytes_total`` against what the clients
-counted.  ``--json`` writes the figures to a file.  Run by hand.
+counted.  ``--json`` writes the figures to a file.  ``--trace-objects FILE``
+makes the connector write its live objects by type (``gc.get_objects``) and
+``sys.getallocatedblocks()`` to FILE every ``--trace-every`` seconds, and the
+report name the types that grew most after the first cycle: where to look
+if RSS keeps growing.  Run by hand.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from benchkit import KiB, MiB, descriptorCount, readyz, removeWorkdir, rss, serve, startConnector, today
@@ -51,6 +56,29 @@ from benchkit import KiB, MiB, descriptorCount, readyz, removeWorkdir, rss, serv
 from tests.integration.faultproxy import FaultProxy
 from tests.integration.harness import Connector, Target, recvExactly, socks5Connect, tempdir, waitFor
 from tests.integration.relays import SshdRelay
+
+#: Run in the connector's process with --trace-objects: a thread that writes
+#: one JSON line per interval (time, allocated blocks, objects by type).
+OBJECT_TRACE = """
+import collections, gc, json, sys, threading, time
+
+def _name(kind):
+    module = kind.__dict__.get("__module__")
+    if not isinstance(module, str):
+        module = getattr(kind, "__module__", "?")
+    return (module if isinstance(module, str) else "?") + "." + kind.__qualname__
+
+def _traceObjects(path, every):
+    while True:
+        time.sleep(every)
+        counts = collections.Counter(_name(type(o)) for o in gc.get_objects())
+        line = {"t": time.monotonic(), "blocks": sys.getallocatedblocks(), "objects": sum(counts.values()),
+                "types": dict(counts.most_common(400))}
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\\n")
+
+threading.Thread(target=_traceObjects, args=(PATH, EVERY), daemon=True).start()
+"""
 
 #: Seconds a reconnect may take before failures stop counting as expected, after the new port is seen.
 RECONNECT_GRACE = 1.0
@@ -315,6 +343,27 @@ def expectedWindows(soak: Soak) -> list[tuple[float, float]]:
     return windows
 
 
+def objectGrowth(path: Path, after: float) -> dict[str, Any]:
+    """
+    From the connector's object trace: allocated blocks and objects in the
+    first dump after C{after} and in the last, and the types that grew most.
+    """
+    dumps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    dumps = [d for d in dumps if d["t"] >= after] or dumps[-1:]
+    if not dumps:
+        return {"dumps": 0}
+    first, last = dumps[0], dumps[-1]
+    growth = {name: n - first["types"].get(name, 0) for name, n in last["types"].items()}
+    top = sorted(((n, name) for name, n in growth.items() if n > 0), reverse=True)[:12]
+    return {
+        "dumps": len(dumps),
+        "minutes_between": round((last["t"] - first["t"]) / 60, 1),
+        "allocated_blocks": [first["blocks"], last["blocks"]],
+        "gc_objects": [first["objects"], last["objects"]],
+        "grew_most": {name: n for n, name in top},
+    }
+
+
 def report(soak: Soak, started: float, ended: float, metrics: str, log: str) -> dict[str, Any]:
     windows = expectedWindows(soak)
 
@@ -419,6 +468,8 @@ def report(soak: Soak, started: float, ended: float, metrics: str, log: str) -> 
         "checks": checks,
         "consistent": all(checks.values()),
     }
+    if soak.args.trace_objects:
+        figures["object_trace"] = objectGrowth(Path(soak.args.trace_objects), started + soak.args.cycle)
     return figures
 
 
@@ -431,6 +482,8 @@ def main() -> None:
     parser.add_argument("--bulk-pause", type=float, default=2.0, help="seconds between a bulk worker's transfers")
     parser.add_argument("--idle-timeout", type=float, default=10, help="the connector's --stream-idle-timeout")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--trace-objects", help="the connector writes its objects by type to this file")
+    parser.add_argument("--trace-every", type=float, default=60, help="seconds between object traces")
     args = parser.parse_args()
 
     work = tempdir("soak-")
@@ -450,6 +503,13 @@ def main() -> None:
             "--reconnect-max-delay", "5",
         ],
         port=proxy.port,
+        prelude=(
+            OBJECT_TRACE.replace("PATH", repr(str(Path(args.trace_objects).resolve()))).replace(
+                "EVERY", repr(args.trace_every)
+            )
+            if args.trace_objects
+            else ""
+        ),
     )  # fmt: skip
     threads: list[threading.Thread] = []
     try:
