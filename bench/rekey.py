@@ -21,7 +21,9 @@ reversed every run).  ``--with-openssh`` adds ``ssh -N -R 0`` on two more
 sshds, re-keying and not, for comparison.  Reported: MB/s (median), client
 and relay CPU seconds per GiB (median; /proc/PID/stat), and the re-keys per
 transfer (the connector's ``/readyz`` ``connections[0].rekeys``; for ssh,
-sshd's log).  Run by hand.
+sshd's log).  ``--connector-prelude FILE`` runs FILE in every connector's
+process first: a change to measure before making it
+(``bench/experiments/``).  Run by hand.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def setups(
 
 def startPair(
     kind: str, by: str, directions: list[str], relayArgs: dict[str, Any], options: list[str] | None, work: Path,
-    allow: str, limit: int,
+    allow: str, limit: int, prelude: str = "",
 ) -> Pair:  # fmt: skip
     where = work / f"{kind}-{by.lower().replace('-', 'plain')}-{'ssh' if options is None else 'connector'}"
     relayArgs = {k: (limit if k == "rekeyBytes" else str(limit)) for k in relayArgs}
@@ -150,7 +152,7 @@ def startPair(
         client = OpenSSH(relay, allow, where / "ssh")
     else:
         options = [str(limit) if option == "LIMIT" else option for option in options]
-        client = startConnector(where / "connector", relay, allow, options)
+        client = startConnector(where / "connector", relay, allow, options, prelude=prelude)
     return Pair(kind, by, directions, relay, client)
 
 
@@ -174,6 +176,10 @@ def main() -> None:
     parser.add_argument("--relays", default=",".join(RELAYS), help="which relays, comma-separated")
     parser.add_argument("--directions", default="down,up", help="down (destination to client), up, or both")
     parser.add_argument("--with-openssh", action="store_true", help="ssh -R next to sshd, re-keying and not")
+    parser.add_argument(
+        "--connector-prelude",
+        help="a Python file run in every connector's process first (to measure a change, e.g. bench/experiments/)",
+    )
     args = parser.parse_args()
     limit = parseSize(args.rekey)
     size = args.size_mib * MiB
@@ -183,6 +189,7 @@ def main() -> None:
         if kind not in RELAYS:
             parser.error(f"unknown relay {kind!r}: choose from {', '.join(RELAYS)}")
 
+    prelude = Path(args.connector_prelude).read_text() if args.connector_prelude else ""
     work = tempdir("rekey-")
     target = Target(serve)
     allow = f"127.0.0.1:{target.port}"
@@ -194,7 +201,7 @@ def main() -> None:
             try:
                 for by, covered, relayArgs, options in setups(kind, directions, args.with_openssh):
                     if covered:
-                        pairs.append(startPair(kind, by, covered, relayArgs, options, work, allow, limit))
+                        pairs.append(startPair(kind, by, covered, relayArgs, options, work, allow, limit, prelude))
                 for pair in pairs:
                     pair.port = pair.client.allocatedPort()
                 for run in range(args.repeat):
@@ -246,6 +253,7 @@ def main() -> None:
         f'against the same relay without re-keying every {args.rekey}; "default": each side\'s own limit, '
         f"1 GiB for chacha20-poly1305 (the connector, OpenSSH) and for what AsyncSSH sends; "
         f"ciphers each side's choice; "
+        f"{'connector prelude ' + args.connector_prelude + '; ' if args.connector_prelude else ''}"
         f"{time.monotonic() - started:.0f} s; {today()})"
     )
     removeWorkdir(work)
