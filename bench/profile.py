@@ -136,7 +136,7 @@ def main() -> None:
             port = client.allocatedPort()
             assert client.process is not None
             pid = client.process.pid
-            stop, moved = threading.Event(), []
+            stop, moved = threading.Event(), list[int]()
             thread = threading.Thread(target=load, args=(port, target.port, args.direction, stop, moved))
             thread.start()
             time.sleep(2)
