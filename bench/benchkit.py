@@ -226,11 +226,13 @@ def startConnector(
     extra: Iterable[str] = (),
     port: int | None = None,
     prelude: str = "",
+    env: dict[str, str] | None = None,
 ) -> Connector:
     """
     The connector as ``twistd -n incident-connector``, logging in to C{relay}
     (dialling C{port} instead when given: a proxy in front of it), its host
-    key pinned by fingerprint; C{prelude} is Python run in its process first.
+    key pinned by fingerprint; C{prelude} is Python run in its process first,
+    C{env} more environment variables.
     """
     args = [
         "--relay-address", f"127.0.0.1:{port or relay.port}",
@@ -241,7 +243,7 @@ def startConnector(
         "--max-streams", "4096",
         *extra,
     ]  # fmt: skip
-    return Connector(workdir, args, prelude=prelude).start()
+    return Connector(workdir, args, env=env, prelude=prelude).start()
 
 
 def readyz(connector: Connector) -> dict[str, Any]:

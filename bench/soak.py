@@ -436,6 +436,7 @@ def report(soak: Soak, started: float, ended: float, metrics: str, log: str) -> 
     }
     figures: dict[str, Any] = {
         "date": today(),
+        "connector_env": soak.args.connector_env,
         "minutes": round((ended - started) / 60, 1),
         "rss_mib": {"start": samples[0][1], "end": samples[-1][1], "max": max(kb) / 1024},
         "rss_slope_kb_per_min": round(slope(points), 1),
@@ -502,6 +503,13 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--trace-objects", help="the connector writes its objects by type to this file")
     parser.add_argument("--trace-every", type=float, default=60, help="seconds between object traces")
+    parser.add_argument(
+        "--connector-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the connector (e.g. MALLOC_ARENA_MAX=2); repeatable",
+    )
     args = parser.parse_args()
 
     work = tempdir("soak-")
@@ -521,6 +529,7 @@ def main() -> None:
             "--reconnect-max-delay", "5",
         ],
         port=proxy.port,
+        env=dict(item.split("=", 1) for item in args.connector_env),
         prelude=(
             OBJECT_TRACE.replace("PATH", repr(str(Path(args.trace_objects).resolve()))).replace(
                 "EVERY", repr(args.trace_every)
