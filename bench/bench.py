@@ -1,18 +1,34 @@
 """
-Benchmark: this connector against OpenSSH's ``ssh -N -R 0`` on the same
-loopback sshd, in the same run.
+Benchmark: this connector against OpenSSH's ``ssh -N -R 0`` (as the hosted
+connector runs it), each on its own identical loopback sshd, in one run.
 
-    python bench/bench.py [--size-mib 256] [--pings 2000] [--streams 1000]
+    python bench/bench.py [--size-mib 512] [--repeat 7] [--pings 2000]
+                          [--streams 1000] [--stream-repeat 5]
+                          [--ciphers deployed --ciphers aes128-gcm@openssh.com]
 
-Both clients are connected at once and their transfers alternate (which goes
-first alternates too), so load from elsewhere hits both alike.  Prints MB/s
-download (destination to client) and upload (medians of ``--repeat`` runs;
-the ratio is the median of each back-to-back pair's ratio, which cancels the
-machine's drift), 1-byte round-trip p50/p99, concurrent streams of 64 KiB (all
-checked byte-exact), and RSS idle and peak, with each figure as a ratio to
-OpenSSH.  Run by hand; no test
-asserts on speed.  ``--ciphers aes128-gcm@openssh.com`` makes both use one
-cipher (ssh prefers chacha20-poly1305, the connector AES-GCM).
+For each cipher setting (default: "deployed", each client with its own
+preference, ssh chacha20-poly1305 and the connector AES-GCM; and
+``aes128-gcm@openssh.com`` forced by sshd's ``Ciphers`` line) it starts two
+sshds, ssh on one and the connector on the other, so every CPU second of an
+sshd is attributable to one client.  Then, with every run interleaved (all
+clients in turn, the order reversed every other round, so a busy neighbour
+slows all alike):
+
+  - download (destination to client) and upload of ``--size-mib`` MiB,
+    ``--repeat`` times each: MB/s, and CPU seconds per GiB of the client and
+    of its sshd's session processes (``/proc/PID/stat`` utime + stime; the
+    client's stime shown too: system calls, and loopback TCP, whose
+    receiving side runs in the sender's system call);
+  - 1-byte echo round trips, p50/p99 (``--pings``, in interleaved chunks);
+  - ``--streams`` concurrent streams of 64 KiB echoed and checked byte-exact,
+    ``--stream-repeat`` times: the median wall time, the fewest streams that
+    succeeded, and the client's CPU seconds per run;
+  - RSS of each client when idle after connecting, and its peak (VmHWM).
+
+Figures are medians over runs; a ratio is the median of the per-round ratios
+connector / openssh (each from back-to-back runs), which cancels the
+machine's drift.  MB/s are noisy on a shared machine; compare CPU s/GiB.
+Run by hand; no test asserts on speed.
 """
 
 from __future__ import annotations
@@ -20,124 +36,77 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
-import socket
-import statistics
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.integration.harness import (
-    Connector,
-    Relay,
-    Target,
-    echo,
-    recvExactly,
-    socks5Connect,
-    tempdir,
-    waitFor,
+from benchkit import (
+    GiB,
+    MiB,
+    OpenSSH,
+    cpuSeconds,
+    cpuTimes,
+    download,
+    median,
+    percentile,
+    removeWorkdir,
+    roundTrips,
+    rss,
+    serve,
+    startConnector,
+    today,
+    treeCpuSeconds,
+    upload,
 )
 
-MiB = 1024 * 1024
+from tests.integration.harness import Connector, Target, recvExactly, socks5Connect, tempdir
+from tests.integration.relays import SshdRelay
+
+DEPLOYED = "deployed"
 
 
-def status(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-class OpenSSH:
+@dataclass
+class Peer:
     """
-    ``ssh -N -R 0`` with PermitRemoteOpen, as the hosted connector runs it.
+    One client on its own sshd, and what was measured of it.
+
+    @ivar setting: the cipher setting (L{DEPLOYED} or a cipher name).
+    @ivar kind: C{"openssh"} or C{"connector"}.
+    @ivar port: the SOCKS port the relay allocated for it.
+    @ivar samples: per-run values by key.
     """
 
-    def __init__(self, relay: Relay, allow: str, workdir: Path) -> None:
-        self.log = workdir / "ssh.log"
-        user = "root" if os.geteuid() == 0 else os.environ.get("USER", "root")
-        command = [
-            "ssh", "-N", "-R", "0", "-o", f"PermitRemoteOpen={allow}", "-o", "ExitOnForwardFailure=yes",
-            "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={relay.knownHosts()}", "-o", "StrictHostKeyChecking=yes",
-            "-i", str(relay.userKey), "-p", str(relay.port), f"{user}@127.0.0.1",
-        ]  # fmt: skip
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=log)
+    setting: str
+    kind: str
+    relay: SshdRelay
+    client: OpenSSH | Connector
+    port: int = 0
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    rssIdle: float = 0.0
 
-    def allocatedPort(self) -> int:
-        match = waitFor(
-            lambda: re.search(r"Allocated port (\d+) for remote forward", self.log.read_text()), 15, "ssh forward"
-        )
-        return int(match.group(1))
+    @property
+    def pid(self) -> int:
+        process = self.client.process
+        assert process is not None
+        return process.pid
 
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
+    def relayCpu(self) -> float:
+        assert self.relay.process is not None
+        return treeCpuSeconds(self.relay.process.pid)
 
+    def add(self, key: str, value: float) -> None:
+        self.samples.setdefault(key, []).append(value)
 
-def timed(fn: Callable[[], None]) -> float:
-    started = time.perf_counter()
-    fn()
-    return time.perf_counter() - started
+    def cipher(self) -> str:
+        negotiated = self.relay.negotiated()
+        return negotiated[0][0] if negotiated else "?"
 
 
-def download(port: int, target: Target, size: int) -> float:
-    sock, code = socks5Connect(port, "127.0.0.1", target.port, timeout=120)
-    assert code == 0
-    sock.sendall(b"D%d\n" % size)
-
-    def receive() -> None:
-        left = size
-        buffer = bytearray(1 << 20)
-        while left:
-            n = sock.recv_into(buffer)
-            assert n, "short download"
-            left -= n
-
-    seconds = timed(receive)
-    sock.close()
-    return size / MiB / seconds
-
-
-def upload(port: int, target: Target, size: int) -> float:
-    sock, code = socks5Connect(port, "127.0.0.1", target.port, timeout=120)
-    assert code == 0
-    sock.sendall(b"U%d\n" % size)
-    block = b"\0" * MiB
-
-    def send() -> None:
-        for _ in range(size // MiB):
-            sock.sendall(block)
-        assert recvExactly(sock, 2) == b"OK"
-
-    seconds = timed(send)
-    sock.close()
-    return size / MiB / seconds
-
-
-def roundTrips(port: int, target: Target, count: int) -> tuple[float, float]:
-    sock, code = socks5Connect(port, "127.0.0.1", target.port)
-    assert code == 0
-    sock.sendall(b"E\n")
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        sock.sendall(b"x")
-        recvExactly(sock, 1)
-        samples.append((time.perf_counter() - started) * 1000)
-    sock.close()
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
-
-
-def concurrent(port: int, target: Target, streams: int) -> tuple[int, float]:
+def concurrent(port: int, destination: int, streams: int) -> tuple[int, float]:
+    """
+    C{streams} streams at once, each echoing 64 KiB, checked byte-exact;
+    returns how many succeeded and the seconds all took.
+    """
     payload = os.urandom(64 * 1024)
     digest = hashlib.sha256(payload).digest()
     good: list[bool] = []
@@ -146,13 +115,13 @@ def concurrent(port: int, target: Target, streams: int) -> tuple[int, float]:
     def client() -> None:
         ok = False
         try:
-            sock, code = socks5Connect(port, "127.0.0.1", target.port, timeout=120)
-            barrier.wait()
-            sock.sendall(b"E\n" + payload)
-            ok = code == 0 and hashlib.sha256(recvExactly(sock, len(payload))).digest() == digest
-            sock.close()
+            sock, code = socks5Connect(port, "127.0.0.1", destination, timeout=120)
+            with sock:
+                barrier.wait()
+                sock.sendall(b"E\n" + payload)
+                ok = code == 0 and hashlib.sha256(recvExactly(sock, len(payload))).digest() == digest
         except Exception:
-            pass
+            barrier.abort()
         good.append(ok)
 
     threads = [threading.Thread(target=client) for _ in range(streams)]
@@ -164,130 +133,138 @@ def concurrent(port: int, target: Target, streams: int) -> tuple[int, float]:
     return good.count(True), time.perf_counter() - started
 
 
-def serve(sock: socket.socket) -> None:
+def rounds(peers: list[Peer], count: int) -> list[list[Peer]]:
     """
-    One destination for every measurement: ``D<n>`` sends n bytes, ``U<n>``
-    reads n bytes and answers OK, ``E`` echoes.
+    The order of each round: as listed, then reversed, and so on.
     """
-    line = b""
-    while not line.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            return
-        line += chunk
-    kind, size = line[:1], int(line[1:].strip() or 0)
-    if kind == b"D":
-        block = b"\0" * MiB
-        for _ in range(size // MiB):
-            sock.sendall(block)
-    elif kind == b"U":
-        left = size
-        while left:
-            n = len(sock.recv(1 << 20))
-            if not n:
-                return
-            left -= n
-        sock.sendall(b"OK")
-    else:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        echo(sock)
+    return [peers if n % 2 == 0 else peers[::-1] for n in range(count)]
 
 
-def measureBoth(
-    peers: dict[str, tuple[int, int]], target: Target, args: argparse.Namespace
-) -> dict[str, dict[str, float]]:
-    """
-    Measure every peer (name -> (pid, SOCKS port)) with the runs interleaved,
-    so a busy neighbour slows both alike; medians of C{--repeat} runs.
-    """
+def measure(peers: list[Peer], destination: int, args: argparse.Namespace) -> None:
     size = args.size_mib * MiB
-    results: dict[str, dict[str, float]] = {
-        name: {"rss_idle": status(pid, "VmRSS") / MiB} for name, (pid, _) in peers.items()
-    }
-    samples: dict[tuple[str, str], list[float]] = {}
-    for run in range(args.repeat):
-        order = list(peers.items()) if run % 2 == 0 else list(reversed(peers.items()))
-        for key, transfer in (("down", download), ("up", upload)):
-            for name, (_pid, port) in order:
-                samples.setdefault((name, key), []).append(transfer(port, target, size))
-    for (name, key), values in samples.items():
-        results[name][key] = statistics.median(values)
-    for key in ("down", "up"):
-        pairs = zip(samples[("connector", key)], samples[("openssh", key)], strict=True)
-        results["connector"][key + "_ratio"] = statistics.median(c / o for c, o in pairs)
-    for name, (_pid, port) in peers.items():
-        results[name]["rtt_p50"], results[name]["rtt_p99"] = roundTrips(port, target, args.pings)
-    for name, (pid, port) in peers.items():
-        ok, seconds = concurrent(port, target, args.streams)
-        results[name]["streams_ok"] = ok
-        results[name]["streams_s"] = seconds
-        results[name]["rss_peak"] = status(pid, "VmHWM") / MiB
-    return results
+    for peer in peers:
+        peer.rssIdle = rss(peer.pid)
+    for order in rounds(peers, args.repeat):
+        for direction, transfer in (("down", download), ("up", upload)):
+            for peer in order:
+                (user, system), relay = cpuTimes(peer.pid), peer.relayCpu()
+                seconds = transfer(peer.port, destination, size)
+                userAfter, systemAfter = cpuTimes(peer.pid)
+                gib = size / GiB
+                peer.add(direction, size / MiB / seconds)
+                peer.add(direction + "_cpu", (userAfter + systemAfter - user - system) / gib)
+                peer.add(direction + "_kernel", (systemAfter - system) / gib)
+                peer.add(direction + "_sshd", (peer.relayCpu() - relay) / gib)
+    chunks = 4
+    for order in rounds(peers, chunks):
+        for peer in order:
+            for sample in roundTrips(peer.port, destination, args.pings // chunks):
+                peer.add("rtt", sample)
+    for order in rounds(peers, args.stream_repeat):
+        for peer in order:
+            client = cpuSeconds(peer.pid)
+            ok, seconds = concurrent(peer.port, destination, args.streams)
+            peer.add("streams_ok", ok)
+            peer.add("streams_s", seconds)
+            peer.add("streams_cpu", cpuSeconds(peer.pid) - client)
+
+
+def table(openssh: Peer, connector: Peer, args: argparse.Namespace) -> list[str]:
+    def paired(key: str) -> float:
+        return median(c / o for c, o in zip(connector.samples[key], openssh.samples[key], strict=True) if o)
+
+    def total(peer: Peer, direction: str) -> list[float]:
+        return [a + b for a, b in zip(peer.samples[direction + "_cpu"], peer.samples[direction + "_sshd"], strict=True)]
+
+    for peer in (openssh, connector):
+        for direction in ("down", "up"):
+            peer.samples[direction + "_total"] = total(peer, direction)
+    rows: list[tuple[str, float, float, float]] = []
+    for direction, name in (("down", "download"), ("up", "upload")):
+        for suffix, label in (
+            ("", "MB/s"),
+            ("_cpu", "CPU s/GiB, client"),
+            ("_kernel", "CPU s/GiB, client in kernel"),
+            ("_sshd", "CPU s/GiB, its sshd"),
+            ("_total", "CPU s/GiB, both"),
+        ):
+            key = direction + suffix
+            rows.append((f"{name} {label}", median(openssh.samples[key]), median(connector.samples[key]), paired(key)))
+    for label, fraction in (("1-byte RTT p50 ms", 0.5), ("1-byte RTT p99 ms", 0.99)):
+        a, b = percentile(openssh.samples["rtt"], fraction), percentile(connector.samples["rtt"], fraction)
+        rows.append((label, a, b, b / a))
+    n = args.streams
+    for key, label, pick in (
+        ("streams_s", f"{n} streams x 64 KiB, s (median)", median),
+        ("streams_ok", f"{n} streams x 64 KiB, fewest ok", min),
+        ("streams_cpu", f"{n} streams x 64 KiB, client CPU s", median),
+    ):
+        a, b = pick(openssh.samples[key]), pick(connector.samples[key])
+        rows.append((label, a, b, paired(key) if key != "streams_ok" else b / a))
+    a, b = openssh.rssIdle, connector.rssIdle
+    rows.append(("RSS idle MiB", a, b, b / a))
+    a, b = rss(openssh.pid, "VmHWM"), rss(connector.pid, "VmHWM")
+    rows.append(("RSS peak MiB", a, b, b / a))
+    lines = [f"{'':36} {'openssh':>9} {'connector':>9} {'ratio':>6}"]
+    lines += [f"{label:36} {a:9.2f} {b:9.2f} {ratio:6.2f}" for label, a, b, ratio in rows]
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--size-mib", type=int, default=512, help="MiB per transfer")
+    parser.add_argument("--repeat", type=int, default=7, help="transfers per client and direction, interleaved")
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--repeat", type=int, default=5, help="transfers per peer, interleaved; medians reported")
+    parser.add_argument("--stream-repeat", type=int, default=5, help="concurrent-stream runs per client")
     parser.add_argument("--connector-arg", action="append", default=[], help="extra connector option")
     parser.add_argument(
-        "--ciphers", help="sshd's Ciphers line, so both clients use the same cipher (default: each its own choice)"
+        "--ciphers",
+        action="append",
+        help=f"a cipher setting: {DEPLOYED!r} (each client's own preference) or sshd's Ciphers line; "
+        f"repeatable (default: {DEPLOYED} and aes128-gcm@openssh.com)",
     )
     args = parser.parse_args()
+    settings = args.ciphers or [DEPLOYED, "aes128-gcm@openssh.com"]
 
     work = tempdir("bench-")
-    relay = Relay(work / "relay", extraConfig=f"Ciphers {args.ciphers}" if args.ciphers else "").start()
     target = Target(serve)
     target.server.request_queue_size = 4096
     allow = f"127.0.0.1:{target.port}"
+    peers: list[Peer] = []
+    started = time.monotonic()
+    load = os.getloadavg()[0]
     try:
-        ssh = OpenSSH(relay, allow, work)
-        connector = Connector(
-            work / "connector",
-            [
-                "--relay-address", f"127.0.0.1:{relay.port}",
-                "--relay-user", "root" if os.geteuid() == 0 else os.environ.get("USER", "root"),
-                "--identity-file", str(relay.userKey), "--known-hosts", str(relay.knownHosts()),
-                "--forward-dest-allowlist", allow, "--max-streams", "4096",
-                *args.connector_arg,
-            ],
-        ).start()  # fmt: skip
-        try:
-            assert connector.process is not None
-            peers = {
-                "openssh": (ssh.process.pid, ssh.allocatedPort()),
-                "connector": (connector.process.pid, connector.allocatedPort()),
-            }
-            results = measureBoth(peers, target, args)
-        finally:
-            ssh.stop()
-            connector.stop()
+        for setting in settings:
+            ciphers = [] if setting == DEPLOYED else setting.split(",")
+            for kind in ("openssh", "connector"):
+                where = work / f"{setting.split('@')[0]}-{kind}"
+                relay = SshdRelay(where / "relay", ciphers=ciphers).start()
+                client: OpenSSH | Connector
+                if kind == "openssh":
+                    client = OpenSSH(relay, allow, where / "ssh")
+                else:
+                    client = startConnector(where / "connector", relay, allow, args.connector_arg)
+                peers.append(Peer(setting, kind, relay, client))
+        for peer in peers:
+            peer.port = peer.client.allocatedPort()
+        measure(peers, target.port, args)
+        for setting in settings:
+            openssh, connector = (p for p in peers if p.setting == setting)
+            title = "as deployed" if setting == DEPLOYED else f"Ciphers {setting}"
+            print(f"\n{title} (negotiated: ssh {openssh.cipher()}, connector {connector.cipher()})")
+            print("\n".join(table(openssh, connector, args)))
     finally:
-        relay.stop()
+        for peer in peers:
+            peer.client.stop()
+            peer.relay.stop()
         target.close()
-
-    rows = [
-        ("download MB/s", "down", True),
-        ("upload MB/s", "up", True),
-        ("1-byte RTT p50 ms", "rtt_p50", False),
-        ("1-byte RTT p99 ms", "rtt_p99", False),
-        (f"{args.streams} streams x 64 KiB ok", "streams_ok", True),
-        (f"{args.streams} streams seconds", "streams_s", False),
-        ("RSS idle MiB", "rss_idle", False),
-        ("RSS peak MiB", "rss_peak", False),
-    ]
-    print(f"\n{'':32} {'openssh':>10} {'connector':>10} {'ratio':>7}")
-    for label, key, _higherIsBetter in rows:
-        a, b = results["openssh"][key], results["connector"][key]
-        ratio = results["connector"].get(key + "_ratio", b / a if a else float("nan"))
-        print(f"{label:32} {a:10.2f} {b:10.2f} {ratio:7.2f}")
-    ciphers = args.ciphers or "each client's preference: ssh chacha20-poly1305, connector aes128-gcm"
-    print(f"\n(size {args.size_mib} MiB x {args.repeat} interleaved, medians, paired ratios; ", end="")
-    print(f"{args.pings} pings; ", end="")
-    print(f"{args.streams} streams; ciphers: {ciphers}; ", end="")
-    print(time.strftime("%Y-%m-%d") + ")")
+    print(
+        f"\n({args.size_mib} MiB x {args.repeat} per client and direction, {args.pings} pings, "
+        f"{args.streams} streams x {args.stream_repeat}; all interleaved; medians; ratios are medians of "
+        f"per-round ratios; {time.monotonic() - started:.0f} s; {today()}; load average at the start {load:.1f})"
+    )
+    removeWorkdir(work)
 
 
 if __name__ == "__main__":
