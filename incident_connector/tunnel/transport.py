@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import __version__, _twisted
+from . import sockopts
 from .errors import ProtocolError, TunnelError
 from .hostkeys import HostKeyMismatch, fingerprint
 from .interfaces import IConnectionService, IRelayTransport
@@ -89,9 +90,6 @@ SEND_LOW_WATER = 64 * 1024
 #: us and the relay fewer system calls; what the kernel does not take waits
 #: here, and then nothing more is sealed until it drained.
 SEND_BATCH = 256 * 1024
-#: Unsent bytes the kernel may hold (TCP_NOTSENT_LOWAT), so that the queue
-#: that matters stays in user space where it can be reordered.
-NOTSENT_LOWAT = 128 * 1024
 #: Our send buffer size past which we stop reading from the relay.
 SEND_BUFFER_CAP = 4 * 1024 * 1024
 #: Messages held during a key exchange, past which the relay is flooding.
@@ -210,6 +208,8 @@ class RelayTransport(protocol.Protocol):
         self._closeTimer: Any = None
         self._firstKexDone = False
         self._strict = False
+        #: Re-arms TCP_QUICKACK after each read (L{sockopts.quickAcker}).
+        self._ackNow: Callable[[], None] | None = None
 
     # Connection life.
 
@@ -220,7 +220,9 @@ class RelayTransport(protocol.Protocol):
             tcp: Any = transport
             tcp.setTcpNoDelay(True)
             tcp.setTcpKeepAlive(True)
-            _setNotSentLowWater(tcp)
+            sock = sockopts.relaySocket(tcp)
+            sockopts.setNotSentLowWater(sock)
+            self._ackNow = sockopts.quickAcker(sock)
         _twisted.setReadSize(transport, READ_SIZE)
         # A pull producer: Twisted asks for more when its write buffer drains.
         transport.registerProducer(self, False)
@@ -241,6 +243,8 @@ class RelayTransport(protocol.Protocol):
         if self._phase is _Phase.CLOSED:
             return
         self.lastReceived = self.clock.seconds()
+        if self._ackNow is not None:
+            self._ackNow()
         buffer = self._buffer + data if self._buffer else data
         offset = 0
         connection = self.connection
@@ -751,24 +755,6 @@ def _allowedDuringKex(messageType: int) -> bool:
     if 1 <= messageType <= 19:
         return messageType not in (MSG_SERVICE_REQUEST, MSG_SERVICE_ACCEPT, MSG_EXT_INFO)
     return messageType in _KEX_MESSAGES and messageType != MSG_KEXINIT
-
-
-def _setNotSentLowWater(tcp: Any) -> None:
-    """
-    Keep at most L{NOTSENT_LOWAT} unsent bytes in the kernel (Linux, macOS),
-    so that what waits, waits in our queue; skipped where the OS has no such
-    option.
-    """
-    import socket
-
-    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-    sock = getattr(tcp, "socket", None)
-    if option is None or sock is None:
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, option, NOTSENT_LOWAT)
-    except OSError:
-        pass
 
 
 class RelayTransportFactory(protocol.ClientFactory):

@@ -274,36 +274,3 @@ class HostileRelayTests(SynchronousTestCase):
 class _NoPortConnection(PeerConnectionBase):
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> object:
         return 1 if requestType == b"tcpip-forward" else 0
-
-
-class NotSentLowWaterTests(SynchronousTestCase):
-    """
-    The relay socket keeps at most NOTSENT_LOWAT unsent bytes in the kernel
-    where the OS has the option, and nothing breaks where it has not.
-    """
-
-    def test_setWhereSupported(self) -> None:
-        import socket
-
-        from incident_connector.tunnel.transport import NOTSENT_LOWAT, _setNotSentLowWater
-
-        option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
-        self.assertIsNotNone(option, "Linux has TCP_NOTSENT_LOWAT: the test machine should")
-
-        sock = socket.socket()
-        self.addCleanup(sock.close)
-        _setNotSentLowWater(type("TCP", (), {"socket": sock}))
-        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, option), NOTSENT_LOWAT)
-
-    def test_skippedWhereNot(self) -> None:
-        import socket
-
-        from incident_connector.tunnel.transport import _setNotSentLowWater
-
-        self.patch(socket, "TCP_NOTSENT_LOWAT", None)
-        del socket.TCP_NOTSENT_LOWAT
-
-        sock = socket.socket()
-        self.addCleanup(sock.close)
-        _setNotSentLowWater(type("TCP", (), {"socket": sock}))  # no error
-        _setNotSentLowWater(object())  # not a socket transport at all: no error
