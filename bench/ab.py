@@ -114,8 +114,8 @@ def main() -> None:
         base = variants[0]
         print(
             f"{'':28}"
-            + "".join(f"{v.name:>12}" for v in variants)
-            + "".join(f"{v.name + '/' + base.name:>14}" for v in variants[1:])
+            + "".join(f"  {v.name:>10}" for v in variants)
+            + "".join(f"  {v.name + '/' + base.name:>12}" for v in variants[1:])
         )
         for direction in ("down", "up"):
             for suffix, label in (("", "MB/s"), ("_cpu", "connector CPU s/GiB"), ("_sshd", "sshd CPU s/GiB")):

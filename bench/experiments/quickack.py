@@ -5,8 +5,10 @@ the relay sent at once instead of up to 40 ms later.
 
 Why: sshd sets no TCP_NODELAY on a session without a terminal, so Nagle
 holds a small packet (a KEXINIT, a reply) until what it sent before is
-ACKed; a receiver with nothing to send back ACKs late.  It is the proposed
-change to ``RelayTransport.dataReceived``, applied from outside to measure it.
+ACKed; a receiver with nothing to send back ACKs late.  It was measured this
+way before the connector did it itself (``incident_connector/tunnel/sockopts.py``);
+kept to show how a change is measured before it is made: a second
+``setsockopt`` per read is harmless where the connector already does it.
 """
 
 import socket

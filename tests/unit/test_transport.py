@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from twisted.conch.ssh import transport as conch
 from twisted.conch.ssh.common import NS
 from twisted.trial.unittest import SynchronousTestCase
@@ -274,3 +276,41 @@ class HostileRelayTests(SynchronousTestCase):
 class _NoPortConnection(PeerConnectionBase):
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> object:
         return 1 if requestType == b"tcpip-forward" else 0
+
+
+class ReadSplitTests(SynchronousTestCase):
+    """
+    However the relay's bytes are split into reads (a packet straddling two
+    reads, reads larger and smaller than one packet), every channel's data
+    arrives whole and in order.
+    """
+
+    @settings(max_examples=40, deadline=None)
+    @example(sizes=[30000] * 10, cuts=[1000, 150000])  # the rest of a packet, then more than 64 KiB
+    @given(
+        sizes=st.lists(st.integers(1, 32768), min_size=1, max_size=24),
+        cuts=st.lists(st.integers(1, 200_000), min_size=1, max_size=12),
+    )
+    def test_anySplit(self, sizes: list[int], cuts: list[int]) -> None:
+        pair = Pair()
+        pair.flush()
+        channel = openForwarded(pair.peer)
+        pair.flush()
+        stream = pair.streams[0]
+        sent = b"".join(bytes([n % 251]) * size for n, size in enumerate(sizes))
+        offset = 0
+        for size in sizes:
+            channel.write(sent[offset : offset + size])
+            offset += size
+        wire = pair.serverIO.getOutBuffer()
+        reads = []
+        start = 0
+        for cut in cuts:
+            reads.append(wire[start : start + cut])
+            start += cut
+        reads.append(wire[start:])
+        for read in reads:
+            if read:
+                pair.client.dataReceived(read)
+        self.assertEqual(b"".join(stream.received), sent)
+        self.assertEqual(pair.client._buffer, b"")  # type: ignore[attr-defined]
