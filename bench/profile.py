@@ -3,7 +3,7 @@ Where the CPU goes: the connector and ``ssh -N -R 0`` under one bulk
 transfer direction, each on its own sshd with the same cipher, profiled in
 turn.
 
-    python bench/profile.py [--direction up] [--seconds 10] [--cipher aes128-gcm@openssh.com]
+    python bench/profile.py [--direction up|down|streams] [--seconds 10] [--cipher aes128-gcm@openssh.com]
 
   - ``perf record`` (Linux ``perf``, if installed and permitted) on each
     client: CPU samples by shared object (kernel, libpython, libc, the
@@ -13,7 +13,10 @@ turn.
     Python function, native callees included, and inclusive.
 
 "up" is the upload path, relay to destination (the connector receives,
-decrypts and writes to the destination); "down" the other way.  Each client
+decrypts and writes to the destination); "down" the other way; "streams"
+is stream setup at scale: bursts of ``--streams`` concurrent streams, each
+opened, 64 KiB echoed and closed (``bench.py``'s measure), reported as CPU
+milliseconds per stream.  Each client
 moves data for ``--seconds`` + 2 while sampled for ``--seconds``.  Run by hand.
 """
 
@@ -30,11 +33,21 @@ from pathlib import Path
 
 from benchkit import GiB, MiB, OpenSSH, cpuSeconds, download, removeWorkdir, serve, startConnector, today, upload
 
+from bench import concurrent
 from tests.integration.harness import Connector, Target, tempdir
 from tests.integration.relays import SshdRelay
 
 
-def load(port: int, destination: int, direction: str, stop: threading.Event, moved: list[int]) -> None:
+def load(port: int, destination: int, direction: str, stop: threading.Event, moved: list[int], streams: int) -> None:
+    """
+    Bulk transfers in C{direction} (bytes into C{moved}), or for "streams"
+    bursts of C{streams} concurrent 64 KiB echo streams (streams into C{moved}).
+    """
+    if direction == "streams":
+        while not stop.is_set():
+            ok, _ = concurrent(port, destination, streams)
+            moved.append(ok)
+        return
     transfer = upload if direction == "up" else download
     while not stop.is_set():
         transfer(port, destination, 128 * MiB)
@@ -114,13 +127,15 @@ def pySpyProfile(pid: int, seconds: float, out: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--direction", choices=["up", "down"], default="up")
+    parser.add_argument("--direction", choices=["up", "down", "streams"], default="up")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams per burst (streams)")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--cipher", default="aes128-gcm@openssh.com", help="sshd's Ciphers line for both")
     args = parser.parse_args()
 
     work = tempdir("profile-")
     target = Target(serve)
+    target.server.request_queue_size = 4096
     allow = f"127.0.0.1:{target.port}"
     started: list[tuple[str, SshdRelay, OpenSSH | Connector]] = []
     try:
@@ -137,17 +152,21 @@ def main() -> None:
             assert client.process is not None
             pid = client.process.pid
             stop, moved = threading.Event(), list[int]()
-            thread = threading.Thread(target=load, args=(port, target.port, args.direction, stop, moved))
+            thread = threading.Thread(target=load, args=(port, target.port, args.direction, stop, moved, args.streams))
             thread.start()
             time.sleep(2)
             before, movedBefore = cpuSeconds(pid), sum(moved)
             lines = perfProfile(pid, args.seconds, work / f"{name}.perf")
-            cpu = (cpuSeconds(pid) - before) / max(1, sum(moved) - movedBefore) * GiB
+            spent, done = cpuSeconds(pid) - before, max(1, sum(moved) - movedBefore)
+            if args.direction == "streams":
+                figure = f"{1000 * spent / done:.2f} CPU ms per stream ({done} streams)"
+            else:
+                figure = f"{spent / done * GiB:.2f} CPU s/GiB"
             if name == "connector":
                 lines += pySpyProfile(pid, args.seconds, work / f"{name}.raw")
             stop.set()
             thread.join()
-            print(f"\n== {name}, {args.direction}load, {args.cipher}: {cpu:.2f} CPU s/GiB while perf sampled")
+            print(f"\n== {name}, {args.direction}load, {args.cipher}: {figure} while perf sampled")
             print("\n".join(lines))
     finally:
         for _name, relay, client in started:

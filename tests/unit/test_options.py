@@ -240,6 +240,30 @@ class CommandLineTests(SynchronousTestCase):
 
 
 class DocumentationTests(SynchronousTestCase):
+    def test_readmeNamesEverySeries(self) -> None:
+        """
+        Every metric the connector exports, with its labels, is in the
+        README's metrics table.
+        """
+        from incident_connector.metrics import ConnectorMetrics
+
+        metrics = ConnectorMetrics()
+        metrics.trackDestinationBuffers(lambda: 0.0)
+        metrics.trackCertificate(lambda: 0.0)
+        readme = (REPO / "README.md").read_text()
+        suffix = {"counter": "_total", "info": "_info"}
+        families = [f for f in metrics.registry.collect() if f.name.startswith("incident_connector_")]
+        self.assertGreater(len(families), 15)
+        for family in families:
+            series = family.name + suffix.get(family.type, "")
+            row = re.search(rf"^\| `{series}` \|([^|]*)\|", readme, re.M)
+            self.assertIsNotNone(row, f"{series} is not in the README's metrics table")
+            assert row is not None
+            labels = {name for sample in family.samples for name in sample.labels if name != "le"}
+            for label in labels:
+                self.assertIn(f"`{label}`", row.group(1), f"{series}: label {label} not in the README")
+        self.assertIn("`process_*`", readme)
+
     def test_readmeNamesEveryOption(self) -> None:
         """
         Every option and its environment variable is in the README's table.
