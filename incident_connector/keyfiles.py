@@ -10,19 +10,27 @@ another user could replace (writable by group or others, or owned by someone
 else than this user or root) is refused, and so is a key file of ours that
 others can read; a token file that others can read gets a warning.  Each
 message is one line that names the file and the command that fixes it.
+
+On Windows, where files have ACLs rather than POSIX owners and modes (no
+C{pwd}, no C{os.geteuid}), these checks are skipped: keep the state
+directory under the service account's own profile.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import pwd
 import shlex
 import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
+try:
+    import pwd
+except ImportError:  # Windows
+    pwd = None  # type: ignore[assignment]
 
 __all__ = [
     "UnsafePermissions",
@@ -66,7 +74,13 @@ def createKeyFile(path: Path) -> bool:
     return True
 
 
+#: POSIX owners and modes to check (not on Windows).
+_POSIX = hasattr(os, "geteuid")
+
+
 def _userName(uid: int) -> str:
+    if pwd is None:
+        return str(uid)
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:  # a DynamicUser, or a container's uid with no passwd entry
@@ -111,6 +125,8 @@ def checkPrivateDirectory(path: Path) -> None:
 
     @raise UnsafePermissions: with the message and the fix.
     """
+    if not _POSIX:
+        return
     problem = permissionProblem(path, path.stat(), os.geteuid(), key=False)
     if problem is not None:
         raise UnsafePermissions(problem)
@@ -134,6 +150,8 @@ def checkPrivateFile(path: Path) -> None:
 
     @raise UnsafePermissions: with the message and the fix.
     """
+    if not _POSIX:
+        return
     problem = permissionProblem(path, path.stat(), os.geteuid(), key=True)
     if problem is not None:
         raise UnsafePermissions(problem)
@@ -146,6 +164,8 @@ def sharedSecretWarning(path: Path, what: str, gid: int | None = None) -> str | 
     effective gid if L{None}) can.  A Kubernetes secret mounted with
     C{fsGroup} equal to the pod's group is fine.
     """
+    if not _POSIX:
+        return None
     info = path.stat()
     mine = os.getegid() if gid is None else gid
     mode = stat.S_IMODE(info.st_mode)

@@ -5,12 +5,20 @@ the hard limit, then checks that C{--max-streams} fits under it.  If it does
 not, it says so in one line and serves fewer streams, so that a busy tunnel
 refuses the extra channels (C{OPEN_RESOURCE_SHORTAGE}) instead of failing
 random C{accept}s and C{connect}s with C{EMFILE}.
+
+Windows has no C{RLIMIT_NOFILE} (no C{resource} module): there the check is
+skipped and C{--max-streams} is taken as given.  (Its default reactor,
+select, handles at most 512 sockets: use C{--max-streams} below that.)
 """
 
 from __future__ import annotations
 
 import os
-import resource
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
 
 from twisted.logger import Logger
 
@@ -37,11 +45,13 @@ class DescriptorLimitError(ValueError):
     """
 
 
-def raiseDescriptorLimit() -> int:
+def raiseDescriptorLimit() -> int | None:
     """
     Raise the soft C{RLIMIT_NOFILE} to the hard limit, if allowed; return the
-    soft limit now in force.
+    soft limit now in force, or L{None} where there is no such limit.
     """
+    if resource is None:
+        return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:
         try:
@@ -82,6 +92,8 @@ def fitMaxStreams(requested: int, connections: int) -> int:
     @raise DescriptorLimitError: not even one stream fits.
     """
     limit = raiseDescriptorLimit()
+    if limit is None:
+        return requested
     inUse = openDescriptors()
     fits = streamsThatFit(limit, inUse, connections)
     if fits >= requested:

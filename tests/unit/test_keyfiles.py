@@ -5,6 +5,9 @@ Permission checks on the state directory, key files and the token file.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,9 @@ from incident_connector.keyfiles import (
     sharedSecretWarning,
 )
 from incident_connector.options import Options, envName
+
+#: The checkout: the subprocess imports the connector from here.
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fakeStat(mode: int, uid: int) -> os.stat_result:
@@ -167,3 +173,38 @@ class TokenFileTests(SynchronousTestCase):
         warnings = [e for e in events if "readable by other users" in e.get("problem", "")]
         self.assertEqual(len(warnings), 1)
         self.assertNotIn("t0ken", str(warnings))
+
+
+class WithoutPosixTests(SynchronousTestCase):
+    """
+    Where there are no POSIX owners, modes or descriptor limits (Windows: no
+    C{pwd}, C{resource}, C{os.geteuid}), the connector's checks step aside
+    instead of failing its start.
+    """
+
+    def test_checksStepAside(self) -> None:
+        script = textwrap.dedent(
+            """
+            import os, sys, tempfile
+            from pathlib import Path
+            sys.modules["pwd"] = None
+            sys.modules["resource"] = None
+            for name in ("geteuid", "getegid"):
+                delattr(os, name)
+            from incident_connector import keyfiles, limits
+            folder = Path(tempfile.mkdtemp())
+            folder.chmod(0o777)
+            keyfiles.checkPrivateDirectory(folder)
+            secret = folder / "token"
+            secret.write_text("x")
+            secret.chmod(0o644)
+            keyfiles.checkPrivateFile(secret)
+            assert keyfiles.sharedSecretWarning(secret, "token") is None
+            assert keyfiles._userName(1234) == "1234"
+            assert limits.raiseDescriptorLimit() is None
+            assert limits.fitMaxStreams(5000, 2) == 5000
+            print("ok")
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "ok\n", ""))
