@@ -26,7 +26,7 @@ from .metrics import ConnectorMetrics
 from .results import StreamRecord, StreamResult
 from .socks import ConnectRequest, MethodSelected, Reply, SOCKSError, SOCKSServerParser
 from .splice import TargetProtocol
-from .tunnel.interfaces import IStreamTransport
+from .tunnel.interfaces import IStreamTransport, Payload
 
 __all__ = ["Opening", "OpeningSettings", "formatDestination", "streamIds"]
 
@@ -106,16 +106,16 @@ class Opening:
         self._dialing: defer.Deferred[Any] | None = None
         self._timer: Any = settings.reactor.callLater(settings.handshakeTimeout, self._timedOut)
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: Payload) -> None:
         if self._done:
             return
         if self._requested:
             # The client did not wait for our reply: it is stream payload.
             # Bounded: the channel's window is held until the destination accepts.
-            self._pending.append(data)
+            self._pending.append(bytes(data))
             return
         try:
-            events = self.parser.feed(data)
+            events = self.parser.feed(bytes(data))
         except SOCKSError as e:
             self._fail(StreamResult.BAD_REQUEST, e.response)
             return

@@ -16,7 +16,7 @@ L{FLUSH_DEADLINE} seconds is aborted: descriptors and buffers always go.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import interfaces, protocol
@@ -27,7 +27,7 @@ from zope.interface import implementer
 from . import _twisted
 from .budget import Budget
 from .results import StreamRecord, StreamResult
-from .tunnel.interfaces import IStreamTransport
+from .tunnel.interfaces import IStreamTransport, Payload
 
 __all__ = ["FLUSH_DEADLINE", "PAUSED_READ", "READ_SIZE", "Splice", "SpliceSettings", "TargetProtocol"]
 
@@ -162,14 +162,14 @@ class Splice:
 
     # Channel to destination.
 
-    def fromChannel(self, data: bytes) -> None:
+    def fromChannel(self, data: Payload) -> None:
         self.record.up += len(data)
         if self._tracksActivity:
             self._lastActivity = self.settings.clock.seconds()
         _twisted.sendNow(self.tcp, (data,))
         self._charge()
 
-    def fromChannelSequence(self, pieces: list[bytes]) -> None:
+    def fromChannelSequence(self, pieces: Sequence[Payload]) -> None:
         self.record.up += sum(map(len, pieces))
         if self._tracksActivity:
             self._lastActivity = self.settings.clock.seconds()

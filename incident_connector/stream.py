@@ -19,7 +19,7 @@ from .metrics import ConnectorMetrics
 from .opening import Opening, OpeningSettings
 from .results import StreamRecord, StreamResult
 from .splice import Splice, SpliceSettings, TargetProtocol
-from .tunnel.interfaces import IStreamProtocol, IStreamTransport
+from .tunnel.interfaces import IStreamProtocol, IStreamTransport, Payload
 
 if TYPE_CHECKING:
     from .policy import OpenStreams
@@ -98,13 +98,13 @@ class ForwardedStream:
 
     # IStreamProtocol: what the channel calls.
 
-    def dataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: Payload) -> None:
         if self.splice is not None:
             self.splice.fromChannel(data)
         elif self.opening is not None:
             self.opening.dataReceived(data)
 
-    def dataSequenceReceived(self, data: list[bytes]) -> None:
+    def dataSequenceReceived(self, data: list[Payload]) -> None:
         if self.splice is not None:
             self.splice.fromChannelSequence(data)
         elif self.opening is not None:

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IProducer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .interfaces import IChannelOwner, IStreamProtocol, IStreamTransport
+from .interfaces import IChannelOwner, IStreamProtocol, IStreamTransport, Payload
 
 __all__ = ["LOCAL_MAX_PACKET", "LOCAL_WINDOW", "ForwardedChannel"]
 
@@ -107,7 +107,7 @@ class ForwardedChannel:
         # Made when first needed: an empty deque costs 600 bytes a channel.
         self._queue: deque[bytes | memoryview] | None = None
         self._queued = 0
-        self._inbox: list[bytes] | None = None
+        self._inbox: list[Payload] | None = None
         self._waiters: list[defer.Deferred[None]] | None = None
         self._held = False
         self._producerPaused = False
@@ -212,7 +212,7 @@ class ForwardedChannel:
             self.connection.sendWindowAdjust(self, LOCAL_WINDOW - self.localWindowLeft)
             self.localWindowLeft = LOCAL_WINDOW
 
-    def dataReceived(self, data: bytes, gathering: bool) -> None:
+    def dataReceived(self, data: Payload, gathering: bool) -> None:
         """
         Channel data from the relay, already counted against the window.
 

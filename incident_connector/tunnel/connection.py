@@ -35,7 +35,7 @@ from ..logs import Throttle
 from ..metrics import ConnectorMetrics
 from .channel import LIGHT, LOCAL_MAX_PACKET, LOCAL_WINDOW, ForwardedChannel
 from .errors import ProtocolError, TunnelError
-from .interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamProtocol
+from .interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamProtocol, Payload
 from .wire import Reader, escape, string, uint32
 
 __all__ = ["BIND_HOST", "RelayConnection", "StreamFactory"]
@@ -370,7 +370,7 @@ class RelayConnection(SSHService):
             raise ProtocolError(f"the relay's window adjustment overflows channel {channel.localId}")
         channel.windowAdjusted(amount)
 
-    def channelDataReceived(self, localId: int, data: bytes) -> None:
+    def channelDataReceived(self, localId: int, data: Payload) -> None:
         """
         C{SSH_MSG_CHANNEL_DATA}, parsed by the transport.
         """

@@ -15,7 +15,7 @@ Twisted's own back-pressure.  The channel sees the stream as a protocol
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from twisted.internet.interfaces import (
     IConsumer,
@@ -27,7 +27,19 @@ from zope.interface import Attribute, Interface
 
 from .errors import TunnelError
 
-__all__ = ["IChannelOwner", "IConnectionService", "IRelayTransport", "IStreamProtocol", "IStreamTransport"]
+__all__ = [
+    "IChannelOwner",
+    "IConnectionService",
+    "IRelayTransport",
+    "IStreamProtocol",
+    "IStreamTransport",
+    "Payload",
+]
+
+#: Channel data as it reaches a stream: a view into the opened packet where
+#: that saves a copy of every byte uploaded.  Anything that keeps or parses
+#: it (rather than writing it to a socket) takes C{bytes(data)}.
+Payload: TypeAlias = "bytes | memoryview"
 
 
 class IStreamTransport(IConsumer, IPushProducer):
@@ -85,10 +97,16 @@ class IStreamProtocol(IProtocol, IHalfCloseableProtocol):
     L{IStreamTransport} once the channel is open; C{dataReceived} for bytes
     from the relay; C{readConnectionLost} for the relay's EOF;
     C{connectionLost} once the channel is closed both ways or the relay
-    connection ended.
+    connection ended.  Data arrives as L{Payload}: C{bytes} or a
+    C{memoryview}.
     """
 
-    def dataSequenceReceived(data: list[bytes]) -> None:
+    def dataReceived(data: Payload) -> None:
+        """
+        Channel data from the relay, in order.
+        """
+
+    def dataSequenceReceived(data: list[Payload]) -> None:
         """
         Several pieces of channel data that arrived in one read from the
         relay, in order: the stream may pass them on with one system call.
@@ -156,7 +174,7 @@ class IConnectionService(Interface):
         A connection-protocol message (80 to 127) from the relay.
         """
 
-    def channelDataReceived(localChannel: int, data: bytes) -> None:
+    def channelDataReceived(localChannel: int, data: Payload) -> None:
         """
         Channel data, parsed by the transport straight out of the plaintext.
         """

@@ -94,6 +94,9 @@ SEND_BATCH = 256 * 1024
 SEND_BUFFER_CAP = 4 * 1024 * 1024
 #: Messages held during a key exchange, past which the relay is flooding.
 HELD_DURING_KEX = 4096
+#: How much of a read completes a packet left over from the read before,
+#: tried first (sshd sends 32 KiB packets); see L{RelayTransport.dataReceived}.
+_JOIN = 64 * 1024
 #: Text before the relay's version line (RFC 4253 section 4.2 allows lines).
 MAX_PREAMBLE = 16 * 1024
 #: How long a closing connection may take to flush before it is aborted.
@@ -245,27 +248,31 @@ class RelayTransport(protocol.Protocol):
         self.lastReceived = self.clock.seconds()
         if self._ackNow is not None:
             self._ackNow()
-        buffer = self._buffer + data if self._buffer else data
-        offset = 0
+        pending = self._buffer
+        buffer, offset = data, 0
         connection = self.connection
         if connection is not None:
             connection.readStarted()
         try:
             if self._phase is _Phase.VERSION:
+                buffer = pending + data
                 offset = self._readVersion(buffer)
                 if self._phase is _Phase.VERSION:
                     return
-            view = memoryview(buffer)
-            while self._phase is not _Phase.CLOSED:
-                # Per packet: NEWKEYS switches keys mid-buffer.
-                opened = self._inbound.openPacket(view[offset:], self._sequenceIn)
-                if opened is None:
-                    break
-                plain, end, used = opened
-                offset += used
-                self._sequenceIn = (self._sequenceIn + 1) & 0xFFFFFFFF
-                self._bytesIn += used
-                self._dispatch(plain, end)
+            elif pending:
+                if len(data) > _JOIN:
+                    # Complete the packet that straddled the last read from the
+                    # front of this one, then go on in this read itself: joining
+                    # the whole read to it would copy every byte once more.
+                    buffer = pending + data[:_JOIN]
+                    offset = self._openPackets(buffer, 0)
+                    if offset >= len(pending):
+                        buffer, offset = data, offset - len(pending)
+                    else:  # a packet larger than _JOIN: join all
+                        buffer = pending + data
+                else:
+                    buffer = pending + data
+            offset = self._openPackets(buffer, offset)
         except BadPacket as e:
             self._protocolError(ProtocolError(f"the relay sent a bad packet: {e}", code=e.reason))
         except ProtocolError as e:
@@ -281,6 +288,24 @@ class RelayTransport(protocol.Protocol):
             self._checkSendBuffer()
             if self._bytesIn > self._rekeyAfter and self._kex is None and self._phase is _Phase.CONNECTED:
                 self._startKeyExchange()
+
+    def _openPackets(self, buffer: bytes, offset: int) -> int:
+        """
+        Open and act on every whole packet in C{buffer} from C{offset};
+        returns the offset of what is left (part of a packet, or nothing).
+        """
+        view = memoryview(buffer)
+        while self._phase is not _Phase.CLOSED:
+            # Per packet: NEWKEYS switches keys mid-buffer.
+            opened = self._inbound.openPacket(view[offset:], self._sequenceIn)
+            if opened is None:
+                break
+            plain, end, used = opened
+            offset += used
+            self._sequenceIn = (self._sequenceIn + 1) & 0xFFFFFFFF
+            self._bytesIn += used
+            self._dispatch(plain, end)
+        return offset
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._phase = _Phase.CLOSED
@@ -343,7 +368,7 @@ class RelayTransport(protocol.Protocol):
             start = 1 + _CHANNEL_DATA_HEAD.size
             if start + length > end:
                 raise ProtocolError("the relay sent a malformed CHANNEL_DATA message")
-            self.connection.channelDataReceived(channel, plain[start : start + length])
+            self.connection.channelDataReceived(channel, memoryview(plain)[start : start + length])
             return
         message = plain[1:end]
         handler = self._handlers.get(messageType)
