@@ -25,16 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchkit import (
-    GiB,
     MiB,
-    cpuTimes,
+    alternate,
     download,
+    measureTransfer,
     median,
     removeWorkdir,
     serve,
     startConnector,
     today,
-    treeCpuSeconds,
     upload,
 )
 
@@ -98,19 +97,16 @@ def main() -> None:
         for variant in variants:
             variant.port = variant.connector.allocatedPort()
         size = args.size_mib * MiB
-        for n in range(args.repeat):
-            order = variants if n % 2 == 0 else variants[::-1]
+        for turn in range(args.repeat):
             for direction, transfer in (("down", download), ("up", upload)):
-                for v in order:
+                for v in alternate(variants, turn):
                     assert v.connector.process is not None and v.relay.process is not None
-                    pid, sshd = v.connector.process.pid, v.relay.process.pid
-                    (user, system), relayBefore = cpuTimes(pid), treeCpuSeconds(sshd)
-                    seconds = transfer(v.port, target.port, size)
-                    userAfter, systemAfter = cpuTimes(pid)
-                    add = v.samples.setdefault
-                    add(direction, []).append(size / MiB / seconds)
-                    add(direction + "_cpu", []).append((userAfter + systemAfter - user - system) / (size / GiB))
-                    add(direction + "_sshd", []).append((treeCpuSeconds(sshd) - relayBefore) / (size / GiB))
+                    cost = measureTransfer(
+                        transfer, v.port, target.port, size, v.connector.process.pid, v.relay.process.pid
+                    )
+                    v.samples.setdefault(direction, []).append(cost.mbps)
+                    v.samples.setdefault(direction + "_cpu", []).append(cost.cpu)
+                    v.samples.setdefault(direction + "_sshd", []).append(cost.relay)
         base = variants[0]
         print(
             f"{'':28}"

@@ -41,12 +41,12 @@ import time
 from dataclasses import dataclass, field
 
 from benchkit import (
-    GiB,
     MiB,
     OpenSSH,
+    alternate,
     cpuSeconds,
-    cpuTimes,
     download,
+    measureTransfer,
     median,
     percentile,
     removeWorkdir,
@@ -55,7 +55,6 @@ from benchkit import (
     serve,
     startConnector,
     today,
-    treeCpuSeconds,
     upload,
 )
 
@@ -90,9 +89,10 @@ class Peer:
         assert process is not None
         return process.pid
 
-    def relayCpu(self) -> float:
+    @property
+    def relayPid(self) -> int:
         assert self.relay.process is not None
-        return treeCpuSeconds(self.relay.process.pid)
+        return self.relay.process.pid
 
     def add(self, key: str, value: float) -> None:
         self.samples.setdefault(key, []).append(value)
@@ -133,35 +133,25 @@ def concurrent(port: int, destination: int, streams: int) -> tuple[int, float]:
     return good.count(True), time.perf_counter() - started
 
 
-def rounds(peers: list[Peer], count: int) -> list[list[Peer]]:
-    """
-    The order of each round: as listed, then reversed, and so on.
-    """
-    return [peers if n % 2 == 0 else peers[::-1] for n in range(count)]
-
-
 def measure(peers: list[Peer], destination: int, args: argparse.Namespace) -> None:
     size = args.size_mib * MiB
     for peer in peers:
         peer.rssIdle = rss(peer.pid)
-    for order in rounds(peers, args.repeat):
+    for turn in range(args.repeat):
         for direction, transfer in (("down", download), ("up", upload)):
-            for peer in order:
-                (user, system), relay = cpuTimes(peer.pid), peer.relayCpu()
-                seconds = transfer(peer.port, destination, size)
-                userAfter, systemAfter = cpuTimes(peer.pid)
-                gib = size / GiB
-                peer.add(direction, size / MiB / seconds)
-                peer.add(direction + "_cpu", (userAfter + systemAfter - user - system) / gib)
-                peer.add(direction + "_kernel", (systemAfter - system) / gib)
-                peer.add(direction + "_sshd", (peer.relayCpu() - relay) / gib)
+            for peer in alternate(peers, turn):
+                cost = measureTransfer(transfer, peer.port, destination, size, peer.pid, peer.relayPid)
+                peer.add(direction, cost.mbps)
+                peer.add(direction + "_cpu", cost.cpu)
+                peer.add(direction + "_kernel", cost.kernel)
+                peer.add(direction + "_sshd", cost.relay)
     chunks = 4
-    for order in rounds(peers, chunks):
-        for peer in order:
+    for turn in range(chunks):
+        for peer in alternate(peers, turn):
             for sample in roundTrips(peer.port, destination, args.pings // chunks):
                 peer.add("rtt", sample)
-    for order in rounds(peers, args.stream_repeat):
-        for peer in order:
+    for turn in range(args.stream_repeat):
+        for peer in alternate(peers, turn):
             client = cpuSeconds(peer.pid)
             ok, seconds = concurrent(peer.port, destination, args.streams)
             peer.add("streams_ok", ok)

@@ -22,9 +22,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -49,11 +50,14 @@ __all__ = [
     "MiB",
     "OpenSSH",
     "RelayLike",
+    "TransferCost",
+    "alternate",
     "cpuSeconds",
     "cpuTimes",
     "descriptorCount",
     "download",
     "loginUser",
+    "measureTransfer",
     "median",
     "percentile",
     "readyz",
@@ -323,6 +327,54 @@ def upload(port: int, destination: int, size: int, timeout: float = 300) -> floa
             sock.sendall(block[: min(MiB, size - offset)])
         assert recvExactly(sock, 2) == b"OK"
         return time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class TransferCost:
+    """
+    What one transfer cost.
+
+    @ivar mbps: MiB per second.
+    @ivar cpu: the client's CPU seconds per GiB (user and system).
+    @ivar kernel: the system part of C{cpu}.
+    @ivar relay: CPU seconds per GiB of the relay's process tree.
+    """
+
+    mbps: float
+    cpu: float
+    kernel: float
+    relay: float
+
+
+def measureTransfer(
+    transfer: Callable[[int, int, int], float], port: int, destination: int, size: int, client: int, relay: int
+) -> TransferCost:
+    """
+    Run C{transfer} (L{download} or L{upload}) of C{size} bytes through the
+    SOCKS port C{port}, charging the CPU spent meanwhile to process
+    C{client} and to the process tree of C{relay}.
+    """
+    (user, system), relayBefore = cpuTimes(client), treeCpuSeconds(relay)
+    seconds = transfer(port, destination, size)
+    (userAfter, systemAfter), relayAfter = cpuTimes(client), treeCpuSeconds(relay)
+    gib = size / GiB
+    return TransferCost(
+        mbps=size / MiB / seconds,
+        cpu=(userAfter + systemAfter - user - system) / gib,
+        kernel=(systemAfter - system) / gib,
+        relay=(relayAfter - relayBefore) / gib,
+    )
+
+
+T = TypeVar("T")
+
+
+def alternate(items: Sequence[T], turn: int) -> list[T]:
+    """
+    The order of round C{turn}: as given, then reversed, and so on, so that
+    going first or last, and a busy neighbour, fall alike on every subject.
+    """
+    return list(items) if turn % 2 == 0 else list(items)[::-1]
 
 
 def roundTrips(port: int, destination: int, count: int, pause: float = 0.0) -> list[float]:

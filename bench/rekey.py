@@ -38,15 +38,15 @@ from benchkit import (
     GiB,
     MiB,
     OpenSSH,
-    cpuSeconds,
+    alternate,
     download,
+    measureTransfer,
     median,
     readyz,
     removeWorkdir,
     serve,
     startConnector,
     today,
-    treeCpuSeconds,
     upload,
 )
 
@@ -158,13 +158,12 @@ def startPair(
 
 def measure(pair: Pair, direction: str, destination: int, size: int) -> None:
     assert pair.client.process is not None and pair.relay.process is not None
-    pid, relayPid = pair.client.process.pid, pair.relay.process.pid
-    before, relayBefore, rekeysBefore = cpuSeconds(pid), treeCpuSeconds(relayPid), pair.rekeys()
+    rekeysBefore = pair.rekeys()
     transfer = download if direction == "down" else upload
-    seconds = transfer(pair.port, destination, size)
-    pair.add(direction, size / MiB / seconds)
-    pair.add(direction + "_cpu", (cpuSeconds(pid) - before) / (size / GiB))
-    pair.add(direction + "_relay", (treeCpuSeconds(relayPid) - relayBefore) / (size / GiB))
+    cost = measureTransfer(transfer, pair.port, destination, size, pair.client.process.pid, pair.relay.process.pid)
+    pair.add(direction, cost.mbps)
+    pair.add(direction + "_cpu", cost.cpu)
+    pair.add(direction + "_relay", cost.relay)
     pair.add(direction + "_rekeys", pair.rekeys() - rekeysBefore)
 
 
@@ -207,7 +206,7 @@ def main() -> None:
                 for run in range(args.repeat):
                     for direction in directions:
                         turn = [pair for pair in pairs if direction in pair.directions]
-                        for pair in turn if run % 2 == 0 else turn[::-1]:
+                        for pair in alternate(turn, run):
                             measure(pair, direction, target.port, size)
                 for direction in directions:
                     rows += [(pair, direction) for pair in pairs if direction in pair.directions]

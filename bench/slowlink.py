@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchkit import KiB, OpenSSH, median, percentile, removeWorkdir, serve, startConnector, today
+from benchkit import KiB, OpenSSH, alternate, median, percentile, removeWorkdir, serve, startConnector, today
 
 from tests.integration.faultproxy import FaultProxy
 from tests.integration.harness import Connector, Target, recvExactly, socks5Connect, tempdir
@@ -234,7 +234,7 @@ def main() -> None:
         turn = 0
         for _ in range(args.repeat):
             for label, direction, count in scenarios:
-                order = subjects if turn % 2 == 0 else subjects[::-1]
+                order = alternate(subjects, turn)
                 turn += 1
                 for subject in order:
                     outcome = scenario(subject, target.port, direction, count, args)
