@@ -2,7 +2,7 @@
 """
 TCP options on the socket to the relay, each skipped where the OS lacks it.
 
-The socket comes from L{ITCPTransport.getHandle}, the public way to it.
+The socket comes from C{ITCPTransport.getHandle}, the public way to it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from typing import Any
-
-from twisted.internet.interfaces import ITCPTransport
 
 __all__ = ["NOTSENT_LOWAT", "quickAcker", "relaySocket", "setNotSentLowWater"]
 
@@ -26,9 +24,7 @@ def relaySocket(transport: Any) -> socket.socket | None:
     (a test's in-memory transport, a proxy wrapper).
     """
     getHandle = getattr(transport, "getHandle", None)
-    if not ITCPTransport.providedBy(transport) or getHandle is None:
-        return None
-    handle = getHandle()
+    handle = getHandle() if getHandle is not None else None
     return handle if isinstance(handle, socket.socket) else None
 
 
