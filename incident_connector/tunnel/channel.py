@@ -34,6 +34,10 @@ MAX_SEND_PACKET = 65536
 #: it is resumed.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+#: ... and while the connection is congested: a stream keeps reading while
+#: less than this waits, so it holds about one read, and an interactive
+#: stream (a byte, a query) is never held back by bulk transfers' queues.
+CONGESTED_WATER = 16 * 1024
 #: Bytes sent on a channel under which it is served first (a handshake, an
 #: interactive stream), ahead of bulk transfers.
 LIGHT = 64 * 1024
@@ -341,7 +345,7 @@ class ForwardedChannel:
         if (
             self.producer is not None
             and not self._producerPaused
-            and (self._queued > HIGH_WATER or (self._queued and self.connection.congested))
+            and (self._queued > HIGH_WATER or (self._queued >= CONGESTED_WATER and self.connection.congested))
         ):
             self._producerPaused = True
             self.producer.pauseProducing()
@@ -351,7 +355,7 @@ class ForwardedChannel:
             self.producer is not None
             and self._producerPaused
             and self._queued <= LOW_WATER
-            and not self.connection.congested
+            and (self._queued < CONGESTED_WATER or not self.connection.congested)
         ):
             self._producerPaused = False
             self.producer.resumeProducing()

@@ -62,9 +62,14 @@ OPEN_ADMINISTRATIVELY_PROHIBITED = 1
 OPEN_UNKNOWN_CHANNEL_TYPE = 3
 OPEN_RESOURCE_SHORTAGE = 4
 
-#: Bytes queued in all channels together past which every stream stops
-#: reading its destination (memory stays bounded whatever the streams do).
-CONGESTION = 8 * 1024 * 1024
+#: Bytes queued in all channels together past which a stream stops reading
+#: its destination once a read's worth of it waits (channel.CONGESTED_WATER),
+#: so memory stays bounded whatever the streams do.  Under a burst of streams
+#: whose answers come faster than the relay takes them, the connector holds
+#: this plus about one read per stream (splice.ReadSizer keeps a new
+#: stream's reads small): so it is small, eight streams' high-water marks,
+#: still milliseconds of any link's worth.
+CONGESTION = 2 * 1024 * 1024
 #: Global requests we may have outstanding (keepalives, the forward).
 MAX_PENDING_REQUESTS = 64
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from incident_connector.tunnel.channel import HIGH_WATER, LOCAL_WINDOW, ForwardedChannel
+from incident_connector.tunnel.channel import CONGESTED_WATER, HIGH_WATER, LOCAL_WINDOW, ForwardedChannel
 from incident_connector.tunnel.connection import CONGESTION
 from incident_connector.tunnel.interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamTransport
 
@@ -173,18 +173,43 @@ class FlowControlTests(SynchronousTestCase):
         pair.drain(1 << 30)
         self.assertFalse(producer.paused)
 
-    def test_congestionPausesEveryone(self) -> None:
+    def test_congestionPausesTheStreamsWithQueues(self) -> None:
+        """
+        Past the connection's cap, streams with a read's worth waiting stop
+        reading their destinations; an interactive one with a few bytes
+        waiting, and an idle one, do not.
+        """
         pair = ScheduledPair(3)
         producers = [Producer() for _ in pair.channels]
         for channel, producer in zip(pair.channels, producers, strict=True):
             channel.registerProducer(producer, True)
         pair.room = 0
         pair.channels[0].write(b"x" * 64)
+        pair.channels[2].write(b"z" * CONGESTED_WATER)
         pair.channels[1].write(b"y" * (CONGESTION + 1))
         self.assertTrue(pair.connection.congested)
-        self.assertEqual([p.paused for p in producers], [True, True, False])
+        self.assertEqual([p.paused for p in producers], [False, True, True])
         pair.drain(1 << 30)
+        self.assertFalse(pair.connection.congested)
         self.assertEqual([p.paused for p in producers], [False, False, False])
+
+    def test_congestedStreamReadsAgainOnceItsQueueIsSent(self) -> None:
+        """
+        While still congested, a stream whose waiting bytes went out reads
+        its destination again: it holds about one read, never a turn behind
+        every bulk transfer's queue.
+        """
+        pair = ScheduledPair(2)
+        producers = [Producer() for _ in pair.channels]
+        for channel, producer in zip(pair.channels, producers, strict=True):
+            channel.registerProducer(producer, True)
+        pair.room = 0
+        pair.channels[0].write(b"q" * CONGESTED_WATER)
+        pair.channels[1].write(b"y" * (CONGESTION + 1))
+        self.assertEqual([p.paused for p in producers], [True, True])
+        pair.drain(CONGESTED_WATER)
+        self.assertTrue(pair.connection.congested)
+        self.assertEqual([p.paused for p in producers], [False, True])
 
     def test_windowHeldWhileDestinationFull(self) -> None:
         """

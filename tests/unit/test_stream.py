@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import struct
 from typing import Any
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +26,15 @@ from incident_connector.budget import Budget
 from incident_connector.metrics import ConnectorMetrics
 from incident_connector.opening import OpeningSettings
 from incident_connector.results import StreamRecord, StreamResult
-from incident_connector.splice import FLUSH_DEADLINE, Splice, SpliceSettings
+from incident_connector.splice import (
+    FIRST_READ,
+    FLUSH_DEADLINE,
+    PAUSED_READ,
+    READ_SIZE,
+    ReadSizer,
+    Splice,
+    SpliceSettings,
+)
 from incident_connector.stream import ForwardedStream, StreamSettings, meterStream
 from incident_connector.tunnel.channel import ForwardedChannel
 from incident_connector.tunnel.interfaces import IStreamProtocol, IStreamTransport
@@ -255,6 +264,60 @@ class SpliceTests(SynchronousTestCase):
         self.assertTrue(harness.channel.closed)
         self.assertEqual(harness.record.result, StreamResult.OK)
         self.assertEqual(len(harness.records), 1)
+
+    def test_readSizeFollowsTheDestination(self) -> None:
+        """
+        A destination is read in small pieces until it fills them, then in
+        larger ones up to READ_SIZE, and in smaller ones again once it goes
+        quiet; while the relay cannot take more its reads are PAUSED_READ,
+        and they do not count as the destination going quiet.
+        """
+        sizes: list[int] = []
+        with mock.patch("incident_connector._twisted.setReadSize", lambda _t, size: sizes.append(size)):
+            harness, destination = self.spliced()
+            self.assertEqual(sizes, [FIRST_READ])
+            for size in (FIRST_READ, 4 * FIRST_READ, READ_SIZE):
+                destination.protocol.dataReceived(b"x" * size)
+            self.assertEqual(sizes, [FIRST_READ, 4 * FIRST_READ, READ_SIZE])
+            splice = harness.stream.splice
+            assert splice is not None
+            splice.pauseProducing()
+            for _ in range(3):
+                destination.protocol.dataReceived(b"x" * PAUSED_READ)
+            splice.resumeProducing()
+            self.assertEqual(sizes[-2:], [PAUSED_READ, READ_SIZE])
+            destination.protocol.dataReceived(b"small")
+            destination.protocol.dataReceived(b"small")
+            self.assertEqual(sizes[-1], READ_SIZE // 2)
+        self.assertEqual(harness.channel.sent.count(b"x"), FIRST_READ + 4 * FIRST_READ + READ_SIZE + 3 * PAUSED_READ)
+
+
+class ReadSizerTests(SynchronousTestCase):
+    def test_growsOnFullReads(self) -> None:
+        sizer = ReadSizer()
+        seen = [sizer.size]
+        for _ in range(4):
+            sizer.got(sizer.size)
+            seen.append(sizer.size)
+        self.assertEqual(seen, [FIRST_READ, 4 * FIRST_READ, 16 * FIRST_READ, READ_SIZE, READ_SIZE])
+
+    def test_shrinksAfterTwoSmallReadsInARow(self) -> None:
+        sizer = ReadSizer()
+        sizer.size = READ_SIZE
+        self.assertFalse(sizer.got(10))
+        self.assertTrue(sizer.got(10))
+        self.assertEqual(sizer.size, READ_SIZE // 2)
+        # A read using a quarter or more in between starts the count again.
+        sizer.got(10)
+        sizer.got(READ_SIZE // 4)
+        sizer.got(10)
+        self.assertEqual(sizer.size, READ_SIZE // 2)
+
+    def test_neverBelowTheFirstRead(self) -> None:
+        sizer = ReadSizer()
+        for _ in range(10):
+            self.assertFalse(sizer.got(1))
+        self.assertEqual(sizer.size, FIRST_READ)
 
 
 class Resolver:
