@@ -20,9 +20,13 @@ said otherwise:
   - C{flood}: stop reading the socket, and send global requests with
     want-reply as fast as the connector takes them;
   - C{maxpacket0}: open a C{forwarded-tcpip} channel with maximum packet
-    size 0, and send a SOCKS5 greeting on it if it is confirmed;
+    size 0, and send a SOCKS5 greeting on it if it is confirmed, then a
+    barrier (below);
   - C{unrequested-success}: send C{SSH_MSG_REQUEST_SUCCESS} nobody asked for;
   - C{service-accept}: send C{SSH_MSG_SERVICE_ACCEPT} again;
+    (after either, a barrier: a global request with want-reply, whose answer
+    is logged as "CASE: barrier answered"; the connector handles messages in
+    order, so by then it has done whatever it does about the case);
   - C{unknown-channel}: open 500 channels of a type nobody knows;
   - C{disconnect-escapes}: send C{SSH_MSG_DISCONNECT} whose text has
     newlines, a forged log line, terminal escape sequences and 10 KB of text;
@@ -178,7 +182,8 @@ class _ProbeChannel(channel.SSHChannel):
     """
     A channel we open to see how the connector answers; it logs what happens.
 
-    @ivar onAnswer: called with C{True} (confirmed) or C{False} (refused).
+    @ivar onAnswer: called with C{True} (confirmed, after the greeting is
+        sent) or C{False} (refused).
     @ivar greeting: sent once the channel is confirmed.
     """
 
@@ -189,9 +194,9 @@ class _ProbeChannel(channel.SSHChannel):
         self.greeting = greeting
 
     def channelOpen(self, specificData: bytes) -> None:
-        self.onAnswer(True, self)
         if self.greeting:
             self.write(self.greeting)
+        self.onAnswer(True, self)
 
     def openFailed(self, reason: Any) -> None:
         self.onAnswer(False, reason)
@@ -331,7 +336,9 @@ class HostileConnection(connection.SSHConnection):
     def play_maxpacket0(self) -> None:
         def answered(confirmed: bool, detail: Any) -> None:
             if confirmed:
-                log.info("maxpacket0: the connector confirmed the channel; sending a SOCKS5 greeting")
+                log.info("maxpacket0: the connector confirmed the channel; sent a SOCKS5 greeting")
+                # Any answer to the greeting would be sent before the barrier's.
+                self._barrier("maxpacket0")
             else:
                 log.info("maxpacket0: the connector refused the channel: {reason}", reason=detail)
 
@@ -343,10 +350,26 @@ class HostileConnection(connection.SSHConnection):
     def play_unrequested_success(self) -> None:
         self.transport.sendPacket(connection.MSG_REQUEST_SUCCESS, b"")
         log.info("played unrequested-success: SSH_MSG_REQUEST_SUCCESS sent with no request pending")
+        self._barrier("unrequested-success")
 
     def play_service_accept(self) -> None:
         self.transport.sendPacket(transport.MSG_SERVICE_ACCEPT, common.NS(b"ssh-connection"))
         log.info("played service-accept: SSH_MSG_SERVICE_ACCEPT sent after login")
+        self._barrier("service-accept")
+
+    def _barrier(self, case: str) -> None:
+        """
+        Ask something the connector must answer (success or failure) after
+        it handled the message just sent: the answer, or the connection's
+        end, says the reaction is over.
+        """
+
+        def answered(_: object) -> None:
+            # Conch fails pending requests with "Connection stopped." when the connection ends.
+            if _connected(self.transport.transport):
+                log.info("{case}: barrier answered", case=case)
+
+        self.sendGlobalRequest(b"barrier@hostile.example", b"", wantReply=True).addBoth(answered)
 
     def play_unknown_channel(self) -> None:
         tally = {True: 0, False: 0}
