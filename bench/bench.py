@@ -46,6 +46,7 @@ from benchkit import (
     alternate,
     cpuSeconds,
     download,
+    inThreads,
     measureTransfer,
     median,
     percentile,
@@ -124,13 +125,8 @@ def concurrent(port: int, destination: int, streams: int) -> tuple[int, float]:
             barrier.abort()
         good.append(ok)
 
-    threads = [threading.Thread(target=client) for _ in range(streams)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return good.count(True), time.perf_counter() - started
+    seconds = inThreads(client, streams)
+    return good.count(True), seconds
 
 
 def measure(peers: list[Peer], destination: int, args: argparse.Namespace) -> None:

@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ __all__ = [
     "cpuTimes",
     "descriptorCount",
     "download",
+    "inThreads",
     "loginUser",
     "measureTransfer",
     "median",
@@ -375,6 +377,19 @@ def alternate(items: Sequence[T], turn: int) -> list[T]:
     going first or last, and a busy neighbour, fall alike on every subject.
     """
     return list(items) if turn % 2 == 0 else list(items)[::-1]
+
+
+def inThreads(client: Callable[[], None], count: int) -> float:
+    """
+    Run C{client} in C{count} threads at once; the seconds until all returned.
+    """
+    threads = [threading.Thread(target=client) for _ in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
 
 
 def roundTrips(port: int, destination: int, count: int, pause: float = 0.0) -> list[float]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from benchkit import (
     OpenSSH,
     alternate,
     cpuSeconds,
+    inThreads,
     median,
     percentile,
     removeWorkdir,
@@ -65,13 +65,8 @@ def burst(port: int, destination: int, streams: int) -> tuple[int, list[float], 
         except OSError:
             pass
 
-    threads = [threading.Thread(target=client) for _ in range(streams)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return len(totals), handshakes, totals, time.perf_counter() - started
+    wall = inThreads(client, streams)
+    return len(totals), handshakes, totals, wall
 
 
 def pidOf(client: OpenSSH | Connector) -> int:
