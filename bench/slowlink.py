@@ -193,6 +193,11 @@ def scenario(subject: Subject, destination: int, direction: str, count: int, arg
     return outcome
 
 
+#: (label, direction of the bulk transfers, how many).
+SCENARIOS = [("idle link", "down", 0), ("4 downloads", "down", 4), ("16 downloads", "down", 16), ("4 uploads", "up", 4)]
+CLIENTS = ["openssh", "connector"]
+
+
 def setUp(name: str, work: Path, allow: str, args: argparse.Namespace) -> Subject:
     where = work / name
     relay = SshdRelay(where / "relay").start()
@@ -203,7 +208,8 @@ def setUp(name: str, work: Path, allow: str, args: argparse.Namespace) -> Subjec
     if name == "openssh":
         client = OpenSSH(relay, allow, where / "ssh", port=proxy.port)
     else:
-        client = startConnector(where / "connector", relay, allow, port=proxy.port)
+        prelude = args.connector_prelude.read_text() if args.connector_prelude else ""
+        client = startConnector(where / "connector", relay, allow, port=proxy.port, prelude=prelude)
     return Subject(name, relay, proxy, client)
 
 
@@ -215,18 +221,21 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=6, help="length of the idle-link scenario")
     parser.add_argument("--stream-timeout", type=float, default=30, help="a new stream slower than this failed")
     parser.add_argument("--repeat", type=int, default=2, help="runs of every scenario per client")
+    parser.add_argument("--scenario", action="append", choices=[label for label, _, _ in SCENARIOS], help="only these")
+    parser.add_argument("--client", action="append", choices=CLIENTS, help="only these clients")
+    parser.add_argument("--connector-prelude", type=Path, help="a file of Python the connector runs first")
     args = parser.parse_args()
 
     work = tempdir("slowlink-")
     target = Target(serve)
     allow = f"127.0.0.1:{target.port}"
     subjects: list[Subject] = []
-    scenarios = [("idle link", "down", 0), ("4 downloads", "down", 4), ("16 downloads", "down", 16)]
-    scenarios.append(("4 uploads", "up", 4))
+    scenarios = [scenario for scenario in SCENARIOS if scenario[0] in (args.scenario or [scenario[0]])]
+    clients = args.client or CLIENTS
     results: dict[tuple[str, str], list[Outcome]] = {}
     started = time.monotonic()
     try:
-        for name in ("openssh", "connector"):
+        for name in clients:
             subjects.append(setUp(name, work, allow, args))
         for subject in subjects:
             subject.port = subject.client.allocatedPort()
@@ -241,6 +250,9 @@ def main() -> None:
                     results.setdefault((label, subject.name), []).append(outcome)
                     for error in outcome.errors[:3]:
                         print(f"  {label}, {subject.name}: {error}")
+                    if outcome.rates:
+                        spread = " ".join(f"{rate / max(outcome.rates):.2f}" for rate in sorted(outcome.rates))
+                        print(f"  {label}, {subject.name}: rates / the fastest's: {spread}")
     finally:
         for subject in subjects:
             subject.client.stop()
@@ -254,7 +266,7 @@ def main() -> None:
     )
     print(f"{'':14} {'':10} {'ms':>9} {'ms':>9} {'median ms':>11} {'ms':>8} {'':>7} {'min/max':>8} {'KiB/s':>8}")
     for label, _direction, count in scenarios:
-        for name in ("openssh", "connector"):
+        for name in clients:
             outcomes = results.get((label, name), [])
             rtts = [x for o in outcomes for x in o.rtts]
             setups = [x for o in outcomes for x in o.setups]

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from .interfaces import IChannelOwner, IStreamProtocol, IStreamTransport, Payload
 
-__all__ = ["LOCAL_MAX_PACKET", "LOCAL_WINDOW", "ForwardedChannel"]
+__all__ = ["LEVELS", "LEVEL_STEP", "LOCAL_MAX_PACKET", "LOCAL_WINDOW", "ForwardedChannel"]
 
 #: Our receive window per channel: large enough to keep a fast relay busy
 #: (OpenSSH's own size).
@@ -38,9 +38,14 @@ LOW_WATER = 64 * 1024
 #: less than this waits, so it holds about one read, and an interactive
 #: stream (a byte, a query) is never held back by bulk transfers' queues.
 CONGESTED_WATER = 16 * 1024
-#: Bytes sent on a channel under which it is served first (a handshake, an
-#: interactive stream), ahead of bulk transfers.
-LIGHT = 64 * 1024
+#: Channels are served in order of the bytes they have sent, in steps of
+#: this many: a handshake or an interactive stream goes ahead of bulk
+#: transfers, and a transfer that starts while others run catches up with
+#: them instead of finishing last by their head start...
+LEVEL_STEP = 64 * 1024
+#: ... over this many steps (1 MiB); past them all channels take plain turns,
+#: so newer streams cannot hold back a long transfer for ever.
+LEVELS = 16
 
 
 @implementer(IStreamTransport)
@@ -56,7 +61,8 @@ class ForwardedChannel:
     @ivar remoteWindow: bytes we may still send.
     @ivar remoteMaxPacket: the largest data the relay accepts in one packet.
     @ivar localWindowLeft: bytes the relay may still send us.
-    @ivar sent: payload bytes sent so far (light channels are served first).
+    @ivar sent: payload bytes sent so far (channels that sent less are served
+        first, up to L{LEVELS} steps of L{LEVEL_STEP}).
     @ivar producer: the stream's producer, paused while too much is queued.
     """
 

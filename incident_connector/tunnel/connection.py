@@ -9,8 +9,9 @@ Sending: control messages (window adjustments, open confirmations, EOF,
 close, keepalives, request replies) go out at once; channel data waits in
 its channel, unsealed, until the relay connection's user-space buffer is
 nearly empty, and then goes out one packet per channel in turn, channels
-that have sent little (handshakes, interactive streams) first.  So a
-keepalive or a new stream's reply never waits behind a bulk transfer.
+that have sent less first (L{Turns}).  So a keepalive or a new stream's
+reply never waits behind a bulk transfer, and a transfer that starts late
+is not left behind by the ones that started first.
 
 Everything the relay sends is checked: a malformed or unexpected message
 raises L{ProtocolError}, which ends the connection with one log line.
@@ -33,7 +34,7 @@ from zope.interface import implementer
 from ..budget import Budget
 from ..logs import Throttle
 from ..metrics import ConnectorMetrics
-from .channel import LIGHT, LOCAL_MAX_PACKET, LOCAL_WINDOW, ForwardedChannel
+from .channel import LEVEL_STEP, LEVELS, LOCAL_MAX_PACKET, LOCAL_WINDOW, ForwardedChannel
 from .errors import ProtocolError, TunnelError
 from .interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamProtocol, Payload
 from .wire import Reader, escape, string, uint32
@@ -75,6 +76,40 @@ MAX_PENDING_REQUESTS = 64
 
 #: Given the new channel, returns the stream to run on it.
 StreamFactory = Callable[[ForwardedChannel], IStreamProtocol]
+
+
+class Turns:
+    """
+    Which channel sends its next packet: the one that has sent least, in
+    steps of L{LEVEL_STEP} bytes up to L{LEVELS} of them, and among equals
+    the one that has waited longest.
+
+    Least-sent first puts a handshake or an interactive stream ahead of bulk
+    transfers, and lets a transfer that started while others were running
+    catch up with them over its first MiB instead of finishing last by their
+    head start; past that, every channel takes plain turns.
+
+    @ivar levels: the channels waiting for a turn, by level.
+    @ivar waiting: how many channels are waiting, in all levels.
+    """
+
+    def __init__(self) -> None:
+        self.levels: list[deque[ForwardedChannel]] = [deque() for _ in range(LEVELS)]
+        self.waiting = 0
+
+    def add(self, channel: ForwardedChannel) -> None:
+        self.levels[min(channel.sent // LEVEL_STEP, LEVELS - 1)].append(channel)
+        self.waiting += 1
+
+    def pop(self) -> ForwardedChannel:
+        """
+        The next channel to serve; only while L{waiting}.
+        """
+        for queue in self.levels:
+            if queue:
+                self.waiting -= 1
+                return queue.popleft()
+        raise IndexError("no channel is waiting")
 
 
 @implementer(IConnectionService, IChannelOwner)
@@ -131,8 +166,7 @@ class RelayConnection(SSHService):
         self._gathering = False
         self._queuedTotal = 0
         self._nextId = 0
-        self._light: deque[ForwardedChannel] = deque()
-        self._bulk: deque[ForwardedChannel] = deque()
+        self._turns = Turns()
         self._scheduled: set[ForwardedChannel] = set()
         self._producing = False
         self._requests: deque[tuple[bytes, defer.Deferred[bytes]]] = deque()
@@ -516,7 +550,7 @@ class RelayConnection(SSHService):
         if channel in self._scheduled or not channel.sendable:
             return
         self._scheduled.add(channel)
-        (self._light if channel.sent < LIGHT else self._bulk).append(channel)
+        self._turns.add(channel)
         self._produce()
 
     def sendBufferDrained(self) -> None:
@@ -529,12 +563,13 @@ class RelayConnection(SSHService):
     def _produce(self) -> None:
         """
         Seal channel data while the relay connection's buffer is nearly
-        empty: light channels first, then one packet per channel in turn.
+        empty: one packet per channel in turn, in L{Turns}' order.
         """
         if self._producing:
             return
         self._producing = True
         transport = self.transport
+        turns = self._turns
         try:
             while transport.canSendData:
                 room = transport.sendRoom()
@@ -543,19 +578,16 @@ class RelayConnection(SSHService):
                 batch: list[tuple[int, bytes | memoryview]] = []
                 touched: dict[ForwardedChannel, None] = {}
                 size = 0
-                light, bulk = self._light, self._bulk
-                while size < room and (light or bulk):
-                    queue = light if light else bulk
-                    channel = queue.popleft()
+                while size < room and turns.waiting:
+                    channel = turns.pop()
                     if not channel.sendable:
                         self._scheduled.discard(channel)
                         continue
                     # One packet per turn while others wait; all the room when alone.
-                    alone = not light and not bulk
-                    size += channel.take(room - size if alone else 1, batch)
+                    size += channel.take(1 if turns.waiting else room - size, batch)
                     touched[channel] = None
                     if channel.sendable:
-                        (light if channel.sent < LIGHT else bulk).append(channel)
+                        turns.add(channel)
                     else:
                         self._scheduled.discard(channel)
                 if not batch:

@@ -1,7 +1,7 @@
 """
 The relay connection's scheduler and flow control, in memory against Conch's
 server: control messages overtake queued channel data, channels take turns
-(light ones first), nothing is lost or reordered within a channel whatever
+(those that have sent less first), nothing is lost or reordered within a channel whatever
 the interleaving, and back-pressure holds both ways.
 """
 
@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from incident_connector.tunnel.channel import CONGESTED_WATER, HIGH_WATER, LOCAL_WINDOW, ForwardedChannel
+from incident_connector.tunnel.channel import (
+    CONGESTED_WATER,
+    HIGH_WATER,
+    LEVEL_STEP,
+    LEVELS,
+    LOCAL_WINDOW,
+    ForwardedChannel,
+)
 from incident_connector.tunnel.connection import CONGESTION
 from incident_connector.tunnel.interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamTransport
 
@@ -130,6 +137,39 @@ class SchedulerTests(SynchronousTestCase):
         light.write(b"\x05\x00")
         pair.drain(1)
         self.assertEqual(pair.order(), [0, 0, 0, 1])
+
+    def test_lateStarterCatchesUp(self) -> None:
+        """
+        A transfer that starts while another runs is served alone until it
+        has sent as much (to the step), then they take turns: it does not
+        finish last by the other's head start.
+        """
+        pair = ScheduledPair(2)
+        early, late = pair.channels
+        early.sent = 4 * LEVEL_STEP
+        pair.room = 0
+        early.write(b"e" * (12 * 32768))
+        late.write(b"l" * (12 * 32768))
+        for _ in range(12):
+            pair.drain(1)
+        self.assertEqual(pair.order(), [1] * 8 + [0, 1] * 2)
+
+    def test_catchingUpIsBounded(self) -> None:
+        """
+        A newer stream goes first for its first L{LEVELS} steps only; past
+        them it takes turns with a transfer that has sent far more, which a
+        stream of newer ones therefore never holds back for ever.
+        """
+        pair = ScheduledPair(2)
+        old, new = pair.channels
+        old.sent = 100 * LEVELS * LEVEL_STEP
+        pair.room = 0
+        head = (LEVELS - 1) * LEVEL_STEP // 32768
+        old.write(b"o" * (4 * 32768))
+        new.write(b"n" * ((head + 4) * 32768))
+        for _ in range(head + 4):
+            pair.drain(1)
+        self.assertEqual(pair.order(), [1] * head + [0, 1] * 2)
 
     @settings(max_examples=60, deadline=None)
     @given(
