@@ -4,8 +4,10 @@ One C{forwarded-tcpip} channel (RFC 4254 section 5): its two windows, the
 bytes waiting for the relay's window, and EOF and close in each direction.
 It is the transport of the stream it carries (L{IStreamTransport}).
 
-The window rule lives here alone: the relay's window is topped up to
-L{LOCAL_WINDOW} once half of it is used, unless the stream asked us to hold
+The window rule lives here alone: the relay's window is topped up to the
+connection's window size (at most L{LOCAL_WINDOW}, less on a link where the
+relay's queue grows: C{tunnel/window.py}) once half of it is used, unless
+the stream asked us to hold
 it (its destination is not keeping up) or the connection is holding every
 window (too much is buffered towards destinations overall).
 """
@@ -23,8 +25,8 @@ from .interfaces import IChannelOwner, IStreamProtocol, IStreamTransport, Payloa
 
 __all__ = ["LEVELS", "LEVEL_STEP", "LOCAL_MAX_PACKET", "LOCAL_WINDOW", "ForwardedChannel"]
 
-#: Our receive window per channel: large enough to keep a fast relay busy
-#: (OpenSSH's own size).
+#: Our largest receive window per channel: large enough to keep a fast
+#: relay busy (OpenSSH's own size).
 LOCAL_WINDOW = 2 * 1024 * 1024
 #: The largest channel data we accept in one packet (OpenSSH's size).
 LOCAL_MAX_PACKET = 32768
@@ -110,7 +112,7 @@ class ForwardedChannel:
         self.remoteMaxPacket = min(remoteMaxPacket, MAX_SEND_PACKET)
         self.originator = originator
         self.connectedTo = connectedTo
-        self.localWindowLeft = LOCAL_WINDOW
+        self.localWindowLeft = connection.windowSize
         self.protocol: IStreamProtocol | None = None
         self.producer: IPushProducer | None = None
         self.sent = 0
@@ -214,13 +216,15 @@ class ForwardedChannel:
 
     def updateWindow(self) -> None:
         """
-        Top up the relay's window once half of it is used, unless held.
+        Top up the relay's window to the connection's L{windowSize} once half
+        of that is used, unless held.
         """
         if self._held or self._closeSent or self._eofReceived or self.connection.windowsHeld:
             return
-        if self.localWindowLeft < LOCAL_WINDOW // 2:
-            self.connection.sendWindowAdjust(self, LOCAL_WINDOW - self.localWindowLeft)
-            self.localWindowLeft = LOCAL_WINDOW
+        size = self.connection.windowSize
+        if self.localWindowLeft < size // 2:
+            self.connection.sendWindowAdjust(self, size - self.localWindowLeft)
+            self.localWindowLeft = size
 
     def dataReceived(self, data: Payload, gathering: bool) -> None:
         """

@@ -37,6 +37,7 @@ from ..metrics import ConnectorMetrics
 from .channel import LEVEL_STEP, LEVELS, LOCAL_MAX_PACKET, LOCAL_WINDOW, ForwardedChannel
 from .errors import ProtocolError, TunnelError
 from .interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamProtocol, Payload
+from .window import WindowSizer
 from .wire import Reader, escape, string, uint32
 
 __all__ = ["BIND_HOST", "RelayConnection", "StreamFactory"]
@@ -73,6 +74,12 @@ OPEN_RESOURCE_SHORTAGE = 4
 CONGESTION = 2 * 1024 * 1024
 #: Global requests we may have outstanding (keepalives, the forward).
 MAX_PENDING_REQUESTS = 64
+#: While the relay sends channel data, a round trip is timed this often
+#: (one at a time), to size the windows (tunnel/window.py).
+PROBE_INTERVAL = 0.5
+#: A round trip during which we sent more channel data than this also
+#: measured our own queue, not only the relay's: it does not move windows.
+SENT_WHILE_PROBING = 64 * 1024
 
 #: Given the new channel, returns the stream to run on it.
 StreamFactory = Callable[[ForwardedChannel], IStreamProtocol]
@@ -132,6 +139,9 @@ class RelayConnection(SSHService):
     @ivar congested: too much is queued for the relay: streams stop reading.
     @ivar windowsHeld: too much is buffered towards destinations: no
         channel gets more window.
+    @ivar windows: sizes the channels' windows to the relay's queue.
+    @ivar dataReceived: channel data bytes received from the relay, in all.
+    @ivar dataSent: channel data bytes sent to the relay, in all.
     """
 
     name = b"ssh-connection"
@@ -169,7 +179,14 @@ class RelayConnection(SSHService):
         self._turns = Turns()
         self._scheduled: set[ForwardedChannel] = set()
         self._producing = False
-        self._requests: deque[tuple[bytes, defer.Deferred[bytes]]] = deque()
+        self.windows = WindowSizer(LOCAL_WINDOW)
+        self.dataReceived = 0
+        self.dataSent = 0
+        #: Each: the request's name, its Deferred, and when it was sent, with
+        #: L{dataReceived} and L{dataSent} then.
+        self._requests: deque[tuple[bytes, defer.Deferred[bytes], float, int, int]] = deque()
+        self._probing = False
+        self._lastProbe = float("-inf")
         self._liveness: Any = None
         self._keepaliveSent: float | None = None
         self._drained: defer.Deferred[None] | None = None
@@ -201,7 +218,7 @@ class RelayConnection(SSHService):
             channel.connectionLost(lost)
         self.channels.clear()
         requests, self._requests = self._requests, deque()
-        for _name, waiting in requests:
+        for _name, waiting, *_ in requests:
             waiting.errback(TunnelError("the relay connection ended", "lost"))
         self._fireDrained()
 
@@ -264,14 +281,17 @@ class RelayConnection(SSHService):
         if len(self._requests) >= MAX_PENDING_REQUESTS:
             waiting.errback(TunnelError("too many requests unanswered", "keepalive_timeout"))
             return waiting
-        self._requests.append((name, waiting))
+        self._requests.append((name, waiting, self.clock.seconds(), self.dataReceived, self.dataSent))
         self.transport.sendPacket(MSG_GLOBAL_REQUEST, string(name) + b"\x01" + data)
         return waiting
 
     def _reply(self, success: bool, message: bytes) -> None:
         if not self._requests:
             raise ProtocolError(f"the relay sent {'REQUEST_SUCCESS' if success else 'REQUEST_FAILURE'} unasked")
-        name, waiting = self._requests.popleft()
+        name, waiting, sent, received, dataSent = self._requests.popleft()
+        loaded = self.dataReceived > received and self.dataSent - dataSent <= SENT_WHILE_PROBING
+        now = self.clock.seconds()
+        self.windows.sample(now - sent, now, loaded, self.dataReceived - received)
         if success:
             waiting.callback(message)
         else:
@@ -364,7 +384,7 @@ class RelayConnection(SSHService):
         self.channels[localId] = channel
         self.transport.sendPacket(
             MSG_CHANNEL_OPEN_CONFIRMATION,
-            uint32(senderId) + uint32(localId) + uint32(LOCAL_WINDOW) + uint32(LOCAL_MAX_PACKET),
+            uint32(senderId) + uint32(localId) + uint32(channel.localWindowLeft) + uint32(LOCAL_MAX_PACKET),
         )
         stream = self.makeStream(channel)
         channel.protocol = stream
@@ -425,7 +445,8 @@ class RelayConnection(SSHService):
         if channel.eofSeen:
             raise ProtocolError(f"the relay sent data after EOF on channel {channel.localId}")
         channel.localWindowLeft -= length
-        if channel.localWindowLeft < LOCAL_WINDOW // 2:
+        self.dataReceived += length
+        if channel.localWindowLeft < self.windows.size // 2:
             channel.updateWindow()
 
     def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
@@ -494,6 +515,30 @@ class RelayConnection(SSHService):
         gathered, self.gathered = self.gathered, []
         for channel in gathered:
             channel.deliver()
+        if gathered and not self._probing:
+            self._probe()
+
+    @property
+    def windowSize(self) -> int:
+        return self.windows.size
+
+    def _probe(self) -> None:
+        """
+        Time a round trip while the relay sends channel data: its answer
+        queues behind what the relay has queued for us (tunnel/window.py).
+        OpenSSH, Dropbear and AsyncSSH refuse C{keepalive@openssh.com}, and
+        a refusal times it as well as an answer.
+        """
+        now = self.clock.seconds()
+        if now - self._lastProbe < PROBE_INTERVAL:
+            return
+        self._lastProbe = now
+        self._probing = True
+
+        def answered(_: object) -> None:
+            self._probing = False
+
+        self.sendGlobalRequest(b"keepalive@openssh.com", b"").addBoth(answered)
 
     # What channels ask of the connection.
 
@@ -593,6 +638,7 @@ class RelayConnection(SSHService):
                 if not batch:
                     return
                 transport.sendChannelData(batch)
+                self.dataSent += size
                 for channel in touched:
                     channel.packetsSent()
         finally:

@@ -203,6 +203,7 @@ class IChannelOwner(Interface):
     label = Attribute("Names the connection in logs when there are several (C{1/3}).")
     congested = Attribute("Too much is queued for the relay: streams stop reading.")
     windowsHeld = Attribute("Too much is buffered towards destinations: no channel gets more window.")
+    windowSize = Attribute("Bytes of window a channel is given now, and topped up to (see tunnel/window.py).")
     gathered = Attribute("The channels holding data from the read in progress (a list to append to).")
 
     def queued(channel: Any, amount: int) -> None:

@@ -148,6 +148,9 @@ class RelayService(service.Service):
             "allocated_port": self.allocatedPort,
             "quiet_seconds": round(connection.quietFor, 1) if connection is not None else None,
             "rekeys": self.transport.rekeys if self.transport is not None else None,
+            # What each channel's window is sized to now (tunnel/window.py).
+            "receive_window": connection.windowSize if connection is not None else None,
+            "round_trip_ms": _milliseconds(connection.windows.roundTrip) if connection is not None else None,
             "attempt": None,
             "last_error": self.lastError,
         }
@@ -341,3 +344,7 @@ class _AttemptEndpoint:
 
     def connect(self, factory: IProtocolFactory) -> defer.Deferred[Any]:
         return self.owner.attempt(factory)
+
+
+def _milliseconds(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None

@@ -1,15 +1,18 @@
 """
 The connector and a real sshd with the fault proxy between them: a slow but
-healthy link, a black hole, a relay that accepts and never speaks, resets and
-refusals.  Each fault is one the field has shown; the connector must keep a
-healthy tunnel, notice a dead one, and come back once the fault is gone.
+healthy link (where the windows shrink to what it carries), a black hole, a
+relay that accepts and never speaks, resets and refusals.  Each fault is one
+the field has shown; the connector must keep a healthy tunnel, notice a dead
+one, and come back once the fault is gone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
+import threading
 import time
 
 from .faultproxy import FaultProxy, NewConnections
@@ -59,6 +62,44 @@ class FaultTests(TunnelTestCase):
         self.assertNotIn("keepalives", text, "a slow but live link was taken for a dead one")
         self.assertEqual(hashlib.sha256(received).digest(), hashlib.sha256(payload).digest())
         self.assertEqual(text.count("Allocated port"), 1)
+
+    def test_slowLinkShrinksTheWindows(self) -> None:
+        """
+        Uploads filling a 256 KiB/s link: sshd would queue our full 2 MiB
+        window per stream in front of every other byte it sends us, so the
+        connector gives channels less window once the relay's answers come
+        late (/readyz shows it), and the uploads still arrive whole.
+        """
+        payload = os.urandom(MiB)
+        digests: list[bytes] = []
+
+        def sink(sock: socket.socket) -> None:
+            digests.append(hashlib.sha256(recvAll(sock)).digest())
+
+        proxy, connector = self.throughProxy()
+        port = connector.allocatedPort()
+        server = self.target(sink)
+        full = json.loads(connector.get("/readyz")[1])["connections"][0]["receive_window"]
+        proxy.setRate(256 * 1024)
+
+        def upload() -> None:
+            sock, code = socks5Connect(port, "127.0.0.1", server.port, timeout=60)
+            with sock:
+                self.assertEqual(code, 0)
+                sock.sendall(payload)
+
+        uploads = [threading.Thread(target=upload) for _ in range(3)]
+        for thread in uploads:
+            thread.start()
+        waitFor(
+            lambda: json.loads(connector.get("/readyz")[1])["connections"][0]["receive_window"] < full,
+            60,
+            "a smaller receive window in /readyz",
+        )
+        for thread in uploads:
+            thread.join(120)
+        waitFor(lambda: len(digests) == 3, 120, "three uploads delivered")
+        self.assertEqual(digests, [hashlib.sha256(payload).digest()] * 3)
 
     def test_blackHole(self) -> None:
         """

@@ -41,6 +41,9 @@ class PeerConnection(connection.SSHConnection):
         self.globalRequests: list[bytes] = []
         #: Give channels no more window (Conch re-opens it on every packet).
         self.holdWindows = False
+        #: Called before answering each global request (a test advances its
+        #: clock there: the answer "took" that long).
+        self.beforeAnswer: Any = None
 
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         if not self.holdWindows:
@@ -48,6 +51,8 @@ class PeerConnection(connection.SSHConnection):
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> Any:
         self.globalRequests.append(requestType)
+        if self.beforeAnswer is not None:
+            self.beforeAnswer()
         if requestType == b"tcpip-forward":
             return 1, struct.pack(">L", FORWARD_PORT)
         if requestType == b"cancel-tcpip-forward":

@@ -2,7 +2,8 @@
 The relay connection's scheduler and flow control, in memory against Conch's
 server: control messages overtake queued channel data, channels take turns
 (those that have sent less first), nothing is lost or reordered within a channel whatever
-the interleaving, and back-pressure holds both ways.
+the interleaving, back-pressure holds both ways, and the windows follow the
+relay's queue.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from incident_connector.tunnel.channel import (
     LOCAL_WINDOW,
     ForwardedChannel,
 )
-from incident_connector.tunnel.connection import CONGESTION
+from incident_connector.tunnel.connection import CONGESTION, PROBE_INTERVAL
 from incident_connector.tunnel.interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamTransport
 
 from .sshpeer import Pair, PeerChannel, openForwarded
@@ -284,3 +285,72 @@ class FlowControlTests(SynchronousTestCase):
         peer.conn.adjustWindow(peer, 4000)
         pair.flush()
         self.assertEqual(len(peer.received), 5000)
+
+
+class WindowSizingTests(SynchronousTestCase):
+    """
+    Round trips timed while the relay sends channel data size every
+    channel's window (the sizer itself: test_window).
+    """
+
+    def setUp(self) -> None:
+        self.pair = Pair()
+        self.pair.flush()
+        self.peer = openForwarded(self.pair.peer)
+        self.pair.flush()
+
+    def probes(self) -> int:
+        return self.pair.peer.globalRequests.count(b"keepalive@openssh.com")
+
+    def test_probesWhileDataArrives(self) -> None:
+        """
+        Channel data from the relay gets one round trip timed, and another
+        only L{PROBE_INTERVAL} later; no data, no probe.
+        """
+        self.pair.clock.advance(PROBE_INTERVAL)
+        self.assertEqual(self.probes(), 0)
+        self.peer.write(b"x" * 1000)
+        self.pair.flush()
+        self.assertEqual(self.probes(), 1)
+        self.peer.write(b"x" * 1000)
+        self.pair.flush()
+        self.assertEqual(self.probes(), 1)
+        self.pair.clock.advance(PROBE_INTERVAL)
+        self.peer.write(b"x" * 1000)
+        self.pair.flush()
+        self.assertEqual(self.probes(), 2)
+
+    def test_slowAnswersShrinkTheWindows(self) -> None:
+        """
+        When the relay's answer comes a second late behind more channel
+        data, a new channel is offered half the window, and an open one is
+        topped up only to that.
+        """
+
+        def answerLate() -> None:
+            self.pair.peer.beforeAnswer = None
+            self.peer.write(b"y" * 32768)
+            self.pair.clock.advance(1.0)
+
+        self.pair.peer.beforeAnswer = answerLate
+        self.peer.write(b"x" * (LOCAL_WINDOW // 2 + 1))
+        self.pair.flush()
+        self.assertEqual(openForwarded(self.pair.peer), self.pair.peer.channels[1])
+        self.pair.flush()
+        self.assertEqual(self.pair.peer.channels[1].remoteWindowLeft, LOCAL_WINDOW // 2)
+        # What was granted stands; once half the new size is left, it is
+        # topped up to the new size.
+        self.peer.write(b"z" * (self.peer.remoteWindowLeft - LOCAL_WINDOW // 4 + 1))
+        self.pair.flush()
+        self.assertEqual(self.peer.remoteWindowLeft, LOCAL_WINDOW // 2)
+
+    def test_quickAnswersKeepTheWindows(self) -> None:
+        """
+        On a link with no queue to speak of, windows stay at the most.
+        """
+        for _ in range(5):
+            self.peer.write(b"x" * (LOCAL_WINDOW // 2 + 1))
+            self.pair.flush()
+            self.pair.clock.advance(PROBE_INTERVAL)
+        self.assertEqual(self.probes(), 5)
+        self.assertEqual(self.peer.remoteWindowLeft, LOCAL_WINDOW)
