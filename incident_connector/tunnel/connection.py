@@ -183,8 +183,8 @@ class RelayConnection(SSHService):
         self.dataReceived = 0
         self.dataSent = 0
         #: Each: the request's name, its Deferred, and when it was sent, with
-        #: L{dataReceived} and L{dataSent} then.
-        self._requests: deque[tuple[bytes, defer.Deferred[bytes], float, int, int]] = deque()
+        #: L{dataReceived}, L{dataSent} and the transport's re-keys then.
+        self._requests: deque[tuple[bytes, defer.Deferred[bytes], float, int, int, int]] = deque()
         self._probing = False
         self._lastProbe = float("-inf")
         self._liveness: Any = None
@@ -281,15 +281,22 @@ class RelayConnection(SSHService):
         if len(self._requests) >= MAX_PENDING_REQUESTS:
             waiting.errback(TunnelError("too many requests unanswered", "keepalive_timeout"))
             return waiting
-        self._requests.append((name, waiting, self.clock.seconds(), self.dataReceived, self.dataSent))
+        self._requests.append(
+            (name, waiting, self.clock.seconds(), self.dataReceived, self.dataSent, self.transport.rekeys)
+        )
         self.transport.sendPacket(MSG_GLOBAL_REQUEST, string(name) + b"\x01" + data)
         return waiting
 
     def _reply(self, success: bool, message: bytes) -> None:
         if not self._requests:
             raise ProtocolError(f"the relay sent {'REQUEST_SUCCESS' if success else 'REQUEST_FAILURE'} unasked")
-        name, waiting, sent, received, dataSent = self._requests.popleft()
-        loaded = self.dataReceived > received and self.dataSent - dataSent <= SENT_WHILE_PROBING
+        name, waiting, sent, received, dataSent, rekeys = self._requests.popleft()
+        # A key exchange meanwhile held the answer back: that is no queue.
+        loaded = (
+            self.dataReceived > received
+            and self.dataSent - dataSent <= SENT_WHILE_PROBING
+            and self.transport.rekeys == rekeys
+        )
         now = self.clock.seconds()
         self.windows.sample(now - sent, now, loaded, self.dataReceived - received)
         if success:

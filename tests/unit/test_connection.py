@@ -344,6 +344,24 @@ class WindowSizingTests(SynchronousTestCase):
         self.pair.flush()
         self.assertEqual(self.peer.remoteWindowLeft, LOCAL_WINDOW // 2)
 
+    def test_aKeyExchangeIsNoQueue(self) -> None:
+        """
+        An answer that came late because the relay re-keyed meanwhile says
+        nothing about its queue: windows stay as they were.
+        """
+
+        def answerAfterRekey() -> None:
+            self.pair.peer.beforeAnswer = None
+            self.peer.write(b"y" * 32768)
+            self.pair.server.sendKexInit()
+            self.pair.clock.advance(1.0)
+
+        self.pair.peer.beforeAnswer = answerAfterRekey
+        self.peer.write(b"x" * 1000)
+        self.pair.flush()
+        self.assertEqual(self.pair.client.rekeys, 1)
+        self.assertEqual(self.pair.connection.windowSize if self.pair.connection else None, LOCAL_WINDOW)
+
     def test_quickAnswersKeepTheWindows(self) -> None:
         """
         On a link with no queue to speak of, windows stay at the most.
