@@ -7,9 +7,9 @@ It is the transport of the stream it carries (L{IStreamTransport}).
 The window rule lives here alone: the relay's window is topped up to the
 connection's window size (at most L{LOCAL_WINDOW}, less on a link where the
 relay's queue grows: C{tunnel/window.py}) once half of it is used, unless
-the stream asked us to hold
-it (its destination is not keeping up) or the connection is holding every
-window (too much is buffered towards destinations overall).
+the stream asked us to hold it (its destination is not keeping up) or the
+connection is holding every window (too much is buffered towards
+destinations overall).
 """
 
 from __future__ import annotations

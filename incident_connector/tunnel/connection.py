@@ -74,6 +74,9 @@ OPEN_RESOURCE_SHORTAGE = 4
 CONGESTION = 2 * 1024 * 1024
 #: Global requests we may have outstanding (keepalives, the forward).
 MAX_PENDING_REQUESTS = 64
+#: Channels past the last level of L{Turns} get at least one turn in this
+#: many while others are catching up.
+TOP_SHARE = 4
 #: While the relay sends channel data, a round trip is timed this often
 #: (one at a time), to size the windows (tunnel/window.py).
 PROBE_INTERVAL = 0.5
@@ -94,17 +97,25 @@ class Turns:
     Least-sent first puts a handshake or an interactive stream ahead of bulk
     transfers, and lets a transfer that started while others were running
     catch up with them over its first MiB instead of finishing last by their
-    head start; past that, every channel takes plain turns.
+    head start; past that, every channel takes plain turns.  Channels past
+    the last step still get one turn in L{TOP_SHARE} while others wait: a
+    steady arrival of new streams cannot starve a long transfer.
 
     @ivar levels: the channels waiting for a turn, by level.
     @ivar waiting: how many channels are waiting, in all levels.
+    @ivar sinceTop: turns given to lower levels since the last level's last
+        turn, while it had channels waiting.
     """
 
     def __init__(self) -> None:
         self.levels: list[deque[ForwardedChannel]] = [deque() for _ in range(LEVELS)]
         self.waiting = 0
+        self.sinceTop = 0
 
     def add(self, channel: ForwardedChannel) -> None:
+        """
+        C{channel} has data to send: queue it at its level.
+        """
         self.levels[min(channel.sent // LEVEL_STEP, LEVELS - 1)].append(channel)
         self.waiting += 1
 
@@ -112,11 +123,17 @@ class Turns:
         """
         The next channel to serve; only while L{waiting}.
         """
-        for queue in self.levels:
-            if queue:
-                self.waiting -= 1
-                return queue.popleft()
-        raise IndexError("no channel is waiting")
+        top = self.levels[-1]
+        if top and self.sinceTop >= TOP_SHARE - 1:
+            queue = top
+        else:
+            queue = next(queue for queue in self.levels if queue)
+        if queue is top:
+            self.sinceTop = 0
+        elif top:
+            self.sinceTop += 1
+        self.waiting -= 1
+        return queue.popleft()
 
 
 @implementer(IConnectionService, IChannelOwner)
@@ -140,8 +157,8 @@ class RelayConnection(SSHService):
     @ivar windowsHeld: too much is buffered towards destinations: no
         channel gets more window.
     @ivar windows: sizes the channels' windows to the relay's queue.
-    @ivar dataReceived: channel data bytes received from the relay, in all.
-    @ivar dataSent: channel data bytes sent to the relay, in all.
+    @ivar bytesReceived: channel data bytes received from the relay, in all.
+    @ivar bytesSent: channel data bytes sent to the relay, in all.
     """
 
     name = b"ssh-connection"
@@ -180,13 +197,15 @@ class RelayConnection(SSHService):
         self._scheduled: set[ForwardedChannel] = set()
         self._producing = False
         self.windows = WindowSizer(LOCAL_WINDOW)
-        self.dataReceived = 0
-        self.dataSent = 0
+        self.bytesReceived = 0
+        self.bytesSent = 0
         #: Each: the request's name, its Deferred, and when it was sent, with
-        #: L{dataReceived}, L{dataSent} and the transport's re-keys then.
+        #: L{bytesReceived}, L{bytesSent} and the transport's re-keys then.
         self._requests: deque[tuple[bytes, defer.Deferred[bytes], float, int, int, int]] = deque()
         self._probing = False
         self._lastProbe = float("-inf")
+        #: The open channels that received data since the last probe was sent.
+        self._receivers: set[int] = set()
         self._liveness: Any = None
         self._keepaliveSent: float | None = None
         self._drained: defer.Deferred[None] | None = None
@@ -282,7 +301,7 @@ class RelayConnection(SSHService):
             waiting.errback(TunnelError("too many requests unanswered", "keepalive_timeout"))
             return waiting
         self._requests.append(
-            (name, waiting, self.clock.seconds(), self.dataReceived, self.dataSent, self.transport.rekeys)
+            (name, waiting, self.clock.seconds(), self.bytesReceived, self.bytesSent, self.transport.rekeys)
         )
         self.transport.sendPacket(MSG_GLOBAL_REQUEST, string(name) + b"\x01" + data)
         return waiting
@@ -290,15 +309,17 @@ class RelayConnection(SSHService):
     def _reply(self, success: bool, message: bytes) -> None:
         if not self._requests:
             raise ProtocolError(f"the relay sent {'REQUEST_SUCCESS' if success else 'REQUEST_FAILURE'} unasked")
-        name, waiting, sent, received, dataSent, rekeys = self._requests.popleft()
-        # A key exchange meanwhile held the answer back: that is no queue.
+        name, waiting, sent, received, bytesSent, rekeys = self._requests.popleft()
+        # The answer waited behind the relay's queue only if data came
+        # meanwhile, ours did not queue ahead of the request (we sent little)
+        # and no key exchange held it back.
         loaded = (
-            self.dataReceived > received
-            and self.dataSent - dataSent <= SENT_WHILE_PROBING
+            self.bytesReceived > received
+            and self.bytesSent - bytesSent <= SENT_WHILE_PROBING
             and self.transport.rekeys == rekeys
         )
         now = self.clock.seconds()
-        self.windows.sample(now - sent, now, loaded, self.dataReceived - received)
+        self.windows.sample(now - sent, now, loaded, self.bytesReceived - received, len(self._receivers))
         if success:
             waiting.callback(message)
         else:
@@ -452,7 +473,8 @@ class RelayConnection(SSHService):
         if channel.eofSeen:
             raise ProtocolError(f"the relay sent data after EOF on channel {channel.localId}")
         channel.localWindowLeft -= length
-        self.dataReceived += length
+        self.bytesReceived += length
+        self._receivers.add(channel.localId)
         if channel.localWindowLeft < self.windows.size // 2:
             channel.updateWindow()
 
@@ -527,7 +549,10 @@ class RelayConnection(SSHService):
 
     @property
     def windowSize(self) -> int:
-        return self.windows.size
+        """
+        The window a channel is given now, and topped up to.
+        """
+        return self.windows.current(self.clock.seconds())
 
     def _probe(self) -> None:
         """
@@ -537,10 +562,11 @@ class RelayConnection(SSHService):
         a refusal times it as well as an answer.
         """
         now = self.clock.seconds()
-        if now - self._lastProbe < PROBE_INTERVAL:
+        if 0 <= now - self._lastProbe < PROBE_INTERVAL:  # (a clock stepped back: due)
             return
         self._lastProbe = now
         self._probing = True
+        self._receivers = set()
 
         def answered(_: object) -> None:
             self._probing = False
@@ -564,6 +590,8 @@ class RelayConnection(SSHService):
         """
         if self.channels.get(channel.localId) is channel:
             del self.channels[channel.localId]
+            # Only open channels count: so it stays bounded if no answer comes.
+            self._receivers.discard(channel.localId)
         self._scheduled.discard(channel)
         if self.draining and not self.channels:
             self._fireDrained()
@@ -645,7 +673,7 @@ class RelayConnection(SSHService):
                 if not batch:
                     return
                 transport.sendChannelData(batch)
-                self.dataSent += size
+                self.bytesSent += size
                 for channel in touched:
                     channel.packetsSent()
         finally:

@@ -1,9 +1,9 @@
 """
 The relay connection's scheduler and flow control, in memory against Conch's
 server: control messages overtake queued channel data, channels take turns
-(those that have sent less first), nothing is lost or reordered within a channel whatever
-the interleaving, back-pressure holds both ways, and the windows follow the
-relay's queue.
+(those that have sent less first), nothing is lost or reordered within a
+channel whatever the interleaving, back-pressure holds both ways, and the
+windows follow the relay's queue.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from incident_connector.tunnel.channel import (
     LOCAL_WINDOW,
     ForwardedChannel,
 )
-from incident_connector.tunnel.connection import CONGESTION, PROBE_INTERVAL
+from incident_connector.tunnel.connection import CONGESTION, PROBE_INTERVAL, SENT_WHILE_PROBING, TOP_SHARE
 from incident_connector.tunnel.interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamTransport
 
 from .sshpeer import Pair, PeerChannel, openForwarded
@@ -157,20 +157,35 @@ class SchedulerTests(SynchronousTestCase):
 
     def test_catchingUpIsBounded(self) -> None:
         """
-        A newer stream goes first for its first L{LEVELS} steps only; past
-        them it takes turns with a transfer that has sent far more, which a
-        stream of newer ones therefore never holds back for ever.
+        A newer stream goes first for its first L{LEVELS} steps only, and
+        even then a transfer past them keeps one turn in L{TOP_SHARE}; once
+        caught up, they alternate.
         """
         pair = ScheduledPair(2)
         old, new = pair.channels
         old.sent = 100 * LEVELS * LEVEL_STEP
         pair.room = 0
         head = (LEVELS - 1) * LEVEL_STEP // 32768
-        old.write(b"o" * (4 * 32768))
-        new.write(b"n" * ((head + 4) * 32768))
-        for _ in range(head + 4):
+        groups = head // (TOP_SHARE - 1)
+        old.write(b"o" * ((groups + 2) * 32768))
+        new.write(b"n" * ((head + 2) * 32768))
+        for _ in range(head + groups + 4):
             pair.drain(1)
-        self.assertEqual(pair.order(), [1] * head + [0, 1] * 2)
+        self.assertEqual(pair.order(), ([1] * (TOP_SHARE - 1) + [0]) * groups + [1, 0] * 2)
+
+    def test_newcomersDoNotStarveALongTransfer(self) -> None:
+        """
+        However many new streams are catching up, a transfer past the last
+        level gets one turn in L{TOP_SHARE}.
+        """
+        pair = ScheduledPair(TOP_SHARE)
+        pair.channels[0].sent = 100 * LEVELS * LEVEL_STEP
+        pair.room = 0
+        for channel in pair.channels:
+            channel.write(b"d" * (4 * 32768))
+        for _ in range(2 * TOP_SHARE):
+            pair.drain(1)
+        self.assertEqual(pair.order(), [*range(1, TOP_SHARE), 0] * 2)
 
     @settings(max_examples=60, deadline=None)
     @given(
@@ -360,7 +375,50 @@ class WindowSizingTests(SynchronousTestCase):
         self.peer.write(b"x" * 1000)
         self.pair.flush()
         self.assertEqual(self.pair.client.rekeys, 1)
-        self.assertEqual(self.pair.connection.windowSize if self.pair.connection else None, LOCAL_WINDOW)
+        assert self.pair.connection is not None
+        self.assertEqual(self.pair.connection.windowSize, LOCAL_WINDOW)
+
+    def test_oneProbeAtATime(self) -> None:
+        """
+        While a probe is unanswered, data keeps coming and no other probe
+        goes out; once it is answered, the next one does.
+        """
+        held: list[bytes] = []
+        peer = self.pair.peer
+        answer = peer.ssh_GLOBAL_REQUEST
+        peer.ssh_GLOBAL_REQUEST = held.append  # type: ignore[method-assign]
+        for _ in range(4):
+            self.peer.write(b"x" * 1000)
+            self.pair.flush()
+            self.pair.clock.advance(PROBE_INTERVAL)
+        self.assertEqual(len(held), 1)
+        peer.ssh_GLOBAL_REQUEST = answer  # type: ignore[method-assign]
+        answer(held.pop())
+        self.pair.flush()
+        self.peer.write(b"x" * 1000)
+        self.pair.flush()
+        self.assertEqual(self.probes(), 2)
+
+    def test_ourUploadsMeanwhileMoveNothing(self) -> None:
+        """
+        A late answer while we sent the relay more than
+        L{SENT_WHILE_PROBING} may have waited behind our own data: windows
+        stay as they were.
+        """
+        channel = self.pair.streams[0].channel
+
+        def answerLate() -> None:
+            self.pair.peer.beforeAnswer = None
+            self.peer.write(b"y" * 32768)
+            channel.write(b"u" * (SENT_WHILE_PROBING + 1))
+            self.pair.clock.advance(1.0)
+
+        self.pair.peer.beforeAnswer = answerLate
+        self.peer.write(b"x" * 1000)
+        self.pair.flush()
+        assert self.pair.connection is not None
+        self.assertEqual(self.pair.connection.bytesSent, SENT_WHILE_PROBING + 1)
+        self.assertEqual(self.pair.connection.windowSize, LOCAL_WINDOW)
 
     def test_quickAnswersKeepTheWindows(self) -> None:
         """

@@ -60,8 +60,8 @@ class WindowSizerTests(SynchronousTestCase):
 
     def test_unloadedRoundTripsOnlyTeachTheBase(self) -> None:
         """
-        A long round trip with no channel data arriving (or with our own
-        uploads queued) moves nothing but what "quiet" means.
+        A long round trip the connection did not call loaded moves nothing
+        but what "quiet" means.
         """
         windows = WindowSizer(2 * MiB)
         windows.sample(0.5, 0.0, loaded=False)
@@ -101,5 +101,41 @@ class WindowSizerTests(SynchronousTestCase):
         for second in range(1, 10):
             windows.sample(3.0, second, loaded=True)
         self.assertEqual(windows.size, MIN_WINDOW)
-        windows.sample(0.01, 10 + IDLE_RESET + 1, loaded=True)
-        self.assertEqual(windows.size, 2 * MiB)
+        self.assertEqual(windows.current(9 + IDLE_RESET), MIN_WINDOW)
+        self.assertEqual(windows.current(10 + IDLE_RESET), 2 * MiB)
+        windows.sample(3.0, 11 + IDLE_RESET, loaded=True)
+        self.assertEqual(windows.size, MiB)
+
+    def test_aSteadyQueueIsNotTakenForThePath(self) -> None:
+        """
+        Under a transfer that never pauses, every round trip carries what
+        the windows leave queued; over an hour of them the quiet round trip
+        is still the one seen before, and the windows stay small.
+        """
+        windows = sizer(base=0.05)
+        for second in range(1, 3600):
+            windows.sample(0.05 + 2 * TARGET, float(second), loaded=True)
+        self.assertEqual((windows.base, windows.size), (0.05, MIN_WINDOW))
+
+    def test_aClockSteppedBack(self) -> None:
+        """
+        The wall clock stepped back: a negative round trip is ignored, and
+        round trips after it count as usual.
+        """
+        windows = sizer(base=0.05)
+        windows.sample(-2.0, 100.0, loaded=True)
+        self.assertEqual((windows.base, windows.size, windows.roundTrip), (0.05, 2 * MiB, 0.05))
+        windows.sample(0.05 + 3 * TARGET, 50.0, loaded=True)
+        self.assertEqual(windows.size, MiB)
+        windows.sample(0.01, 40.0, loaded=False)
+        self.assertEqual(windows.base, 0.01)
+
+    def test_theFloorIsEachChannelsShare(self) -> None:
+        """
+        Twice the link's bytes in flight is shared among the channels that
+        carried data: with four, each keeps a quarter.
+        """
+        windows = sizer(base=0.1)
+        for second in range(1, 5):
+            windows.sample(0.5, second, loaded=True, received=2 * MiB, channels=4)
+        self.assertEqual(windows.size, int(2 * 4 * MiB * 0.1 / 4))
