@@ -425,6 +425,13 @@ class ForwardedChannel:
         return self._closeReceived
 
     @property
+    def closeSent(self) -> bool:
+        """
+        We sent CLOSE.
+        """
+        return self._closeSent
+
+    @property
     def closed(self) -> bool:
         """
         Both sides sent CLOSE: the channel number may be reused.

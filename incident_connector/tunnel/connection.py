@@ -78,11 +78,19 @@ MAX_PENDING_REQUESTS = 64
 #: many while others are catching up.
 TOP_SHARE = 4
 #: While the relay sends channel data, a round trip is timed this often
-#: (one at a time), to size the windows (tunnel/window.py).
+#: (one at a time), to size the windows (tunnel/window.py): a channel
+#: request, not a global one, because OpenSSH's sshd answers a global
+#: request only after blocking until everything it has queued for us is
+#: written (serverloop.c server_input_global_request: ssh_packet_write_wait),
+#: which stalls the whole session on a slow link or a busy one.
 PROBE_INTERVAL = 0.5
 #: A round trip during which we sent more channel data than this also
 #: measured our own queue, not only the relay's: it does not move windows.
 SENT_WHILE_PROBING = 64 * 1024
+
+#: When a request was sent: the time, and the connection's bytesReceived,
+#: bytesSent and the transport's re-keys then.
+_Sent = tuple[float, int, int, int]
 
 #: Given the new channel, returns the stream to run on it.
 StreamFactory = Callable[[ForwardedChannel], IStreamProtocol]
@@ -199,10 +207,14 @@ class RelayConnection(SSHService):
         self.windows = WindowSizer(LOCAL_WINDOW)
         self.bytesReceived = 0
         self.bytesSent = 0
-        #: Each: the request's name, its Deferred, and when it was sent, with
-        #: L{bytesReceived}, L{bytesSent} and the transport's re-keys then.
-        self._requests: deque[tuple[bytes, defer.Deferred[bytes], float, int, int, int]] = deque()
-        self._probing = False
+        #: Each: the request's name, its Deferred, and when it was sent.
+        self._requests: deque[tuple[bytes, defer.Deferred[bytes], _Sent]] = deque()
+        #: The channel request timing a round trip: our channel number, and
+        #: when it was sent.
+        self._probe: tuple[int, _Sent] | None = None
+        #: The channel of a probe given up when the relay closed it: one late
+        #: answer there is not an unasked one.
+        self._abandoned: int | None = None
         self._lastProbe = float("-inf")
         #: The open channels that received data since the last probe was sent.
         self._receivers: set[int] = set()
@@ -300,26 +312,15 @@ class RelayConnection(SSHService):
         if len(self._requests) >= MAX_PENDING_REQUESTS:
             waiting.errback(TunnelError("too many requests unanswered", "keepalive_timeout"))
             return waiting
-        self._requests.append(
-            (name, waiting, self.clock.seconds(), self.bytesReceived, self.bytesSent, self.transport.rekeys)
-        )
+        self._requests.append((name, waiting, self._sent()))
         self.transport.sendPacket(MSG_GLOBAL_REQUEST, string(name) + b"\x01" + data)
         return waiting
 
     def _reply(self, success: bool, message: bytes) -> None:
         if not self._requests:
             raise ProtocolError(f"the relay sent {'REQUEST_SUCCESS' if success else 'REQUEST_FAILURE'} unasked")
-        name, waiting, sent, received, bytesSent, rekeys = self._requests.popleft()
-        # The answer waited behind the relay's queue only if data came
-        # meanwhile, ours did not queue ahead of the request (we sent little)
-        # and no key exchange held it back.
-        loaded = (
-            self.bytesReceived > received
-            and self.bytesSent - bytesSent <= SENT_WHILE_PROBING
-            and self.transport.rekeys == rekeys
-        )
-        now = self.clock.seconds()
-        self.windows.sample(now - sent, now, loaded, self.bytesReceived - received, len(self._receivers))
+        name, waiting, sent = self._requests.popleft()
+        self._answered(sent)
         if success:
             waiting.callback(message)
         else:
@@ -499,6 +500,9 @@ class RelayConnection(SSHService):
         channel = self._channel(Reader(packet, "CHANNEL_CLOSE"))
         if channel.closeSeen:
             raise ProtocolError(f"the relay closed channel {channel.localId} twice")
+        if self._probe is not None and self._probe[0] == channel.localId:
+            # OpenSSH answers no request on a channel it has closed.
+            self._probe, self._abandoned = None, channel.localId
         channel.closeReceived()
 
     def ssh_CHANNEL_REQUEST(self, packet: bytes) -> None:
@@ -513,7 +517,16 @@ class RelayConnection(SSHService):
             self.transport.sendPacket(MSG_CHANNEL_FAILURE, uint32(channel.remoteId))
 
     def ssh_CHANNEL_SUCCESS(self, packet: bytes) -> None:
-        raise ProtocolError("the relay answered a channel request the connector never made")
+        # Our only channel request is the probe; any answer times it.
+        localId = Reader(packet, "CHANNEL_SUCCESS").uint32()
+        probe = self._probe
+        if probe is not None and probe[0] == localId:
+            self._probe = None
+            self._answered(probe[1])
+        elif localId == self._abandoned:
+            self._abandoned = None
+        else:
+            raise ProtocolError("the relay answered a channel request the connector never made")
 
     ssh_CHANNEL_FAILURE = ssh_CHANNEL_SUCCESS
 
@@ -544,8 +557,8 @@ class RelayConnection(SSHService):
         gathered, self.gathered = self.gathered, []
         for channel in gathered:
             channel.deliver()
-        if gathered and not self._probing:
-            self._probe()
+        if gathered and self._probe is None:
+            self._sendProbe(gathered)
 
     @property
     def windowSize(self) -> int:
@@ -554,24 +567,49 @@ class RelayConnection(SSHService):
         """
         return self.windows.current(self.clock.seconds())
 
-    def _probe(self) -> None:
+    def _sendProbe(self, receiving: list[ForwardedChannel]) -> None:
         """
-        Time a round trip while the relay sends channel data: its answer
-        queues behind what the relay has queued for us (tunnel/window.py).
-        OpenSSH, Dropbear and AsyncSSH refuse C{keepalive@openssh.com}, and
-        a refusal times it as well as an answer.
+        Time a round trip while the relay sends channel data: a channel
+        request on a channel it is sending on, whose answer queues behind
+        what the relay has queued for us (tunnel/window.py).  OpenSSH,
+        Dropbear, AsyncSSH and Conch refuse C{keepalive@openssh.com} on a
+        C{forwarded-tcpip} channel, and a refusal times it as well.
         """
         now = self.clock.seconds()
         if 0 <= now - self._lastProbe < PROBE_INTERVAL:  # (a clock stepped back: due)
             return
+        for channel in receiving:
+            # A relay frees a channel once both sides sent CLOSE: ask only
+            # while ours is not sent, so it still knows the number.
+            if not (channel.closeSent or channel.closeSeen) and channel.localId != self._abandoned:
+                break
+        else:
+            return
         self._lastProbe = now
-        self._probing = True
+        self._probe = (channel.localId, self._sent())
         self._receivers = set()
+        self.transport.sendPacket(
+            MSG_CHANNEL_REQUEST, uint32(channel.remoteId) + string(b"keepalive@openssh.com") + b"\x01"
+        )
 
-        def answered(_: object) -> None:
-            self._probing = False
+    def _sent(self) -> _Sent:
+        return (self.clock.seconds(), self.bytesReceived, self.bytesSent, self.transport.rekeys)
 
-        self.sendGlobalRequest(b"keepalive@openssh.com", b"").addBoth(answered)
+    def _answered(self, sent: _Sent) -> None:
+        """
+        A request sent at C{sent} was answered: a round trip for the window
+        sizer.  It waited behind the relay's queue only if data came
+        meanwhile, ours did not queue ahead of it (we sent little) and no key
+        exchange held it back.
+        """
+        at, received, bytesSent, rekeys = sent
+        loaded = (
+            self.bytesReceived > received
+            and self.bytesSent - bytesSent <= SENT_WHILE_PROBING
+            and self.transport.rekeys == rekeys
+        )
+        now = self.clock.seconds()
+        self.windows.sample(now - at, now, loaded, self.bytesReceived - received, len(self._receivers))
 
     # What channels ask of the connection.
 

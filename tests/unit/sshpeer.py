@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.ssh import channel as channel_
 from twisted.conch.ssh import connection, forwarding, keys, service, transport
 from twisted.conch.ssh.common import NS, getNS
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.test import iosim
 
@@ -41,9 +42,13 @@ class PeerConnection(connection.SSHConnection):
         self.globalRequests: list[bytes] = []
         #: Give channels no more window (Conch re-opens it on every packet).
         self.holdWindows = False
-        #: Called before answering each global request (a test advances its
-        #: clock there: the answer "took" that long).
+        #: Called before answering each global or channel request (a test
+        #: advances its clock there: the answer "took" that long).
         self.beforeAnswer: Any = None
+        #: Channel requests received, by name; while a list, where their
+        #: answers wait (see PeerChannel.requestReceived).
+        self.channelRequests: list[bytes] = []
+        self.holdAnswers: list[Any] | None = None
 
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         if not self.holdWindows:
@@ -243,6 +248,23 @@ class PeerChannel(channel_.SSHChannel):
 
     def closed(self) -> None:
         self.isClosed = True
+
+    def requestReceived(self, requestType: bytes, data: bytes) -> Any:
+        """
+        Refuse every request, as OpenSSH does on a C{forwarded-tcpip}
+        channel; recorded in the connection's C{channelRequests}, after its
+        C{beforeAnswer}; while its C{holdAnswers} is a list, the answer
+        waits there (a Deferred to fire with 0).
+        """
+        conn: Any = self.conn
+        conn.channelRequests.append(requestType)
+        if conn.beforeAnswer is not None:
+            conn.beforeAnswer()
+        if conn.holdAnswers is not None:
+            answer: defer.Deferred[int] = defer.Deferred()
+            conn.holdAnswers.append(answer)
+            return answer
+        return 0
 
 
 def openForwarded(peer: PeerConnection, window: int = 1 << 21, maxPacket: int = 32768) -> PeerChannel:

@@ -315,7 +315,7 @@ class WindowSizingTests(SynchronousTestCase):
         self.pair.flush()
 
     def probes(self) -> int:
-        return self.pair.peer.globalRequests.count(b"keepalive@openssh.com")
+        return self.pair.peer.channelRequests.count(b"keepalive@openssh.com")
 
     def test_probesWhileDataArrives(self) -> None:
         """
@@ -383,21 +383,54 @@ class WindowSizingTests(SynchronousTestCase):
         While a probe is unanswered, data keeps coming and no other probe
         goes out; once it is answered, the next one does.
         """
-        held: list[bytes] = []
         peer = self.pair.peer
-        answer = peer.ssh_GLOBAL_REQUEST
-        peer.ssh_GLOBAL_REQUEST = held.append  # type: ignore[method-assign]
+        peer.holdAnswers = []
         for _ in range(4):
             self.peer.write(b"x" * 1000)
             self.pair.flush()
             self.pair.clock.advance(PROBE_INTERVAL)
-        self.assertEqual(len(held), 1)
-        peer.ssh_GLOBAL_REQUEST = answer  # type: ignore[method-assign]
-        answer(held.pop())
+        self.assertEqual(self.probes(), 1)
+        held, peer.holdAnswers = peer.holdAnswers, None
+        held[0].callback(0)
         self.pair.flush()
         self.peer.write(b"x" * 1000)
         self.pair.flush()
         self.assertEqual(self.probes(), 2)
+
+    def test_probesDoNotStallOpenSSH(self) -> None:
+        """
+        The probe is a channel request: OpenSSH's sshd answers a global
+        one only once it has written everything queued for us, which would
+        stall it.  No global request goes out while data flows.
+        """
+        before = list(self.pair.peer.globalRequests)
+        for _ in range(3):
+            self.peer.write(b"x" * 1000)
+            self.pair.flush()
+            self.pair.clock.advance(PROBE_INTERVAL)
+        self.assertEqual((self.probes(), self.pair.peer.globalRequests), (3, before))
+
+    def test_aProbeOnAClosedChannel(self) -> None:
+        """
+        The relay closes the probe's channel before answering (OpenSSH then
+        never answers): the next probe goes out on another channel, and a
+        late answer on the closed one is no protocol error.
+        """
+        peer = self.pair.peer
+        peer.holdAnswers = []
+        self.peer.write(b"x" * 1000)
+        self.pair.flush()
+        held, peer.holdAnswers = peer.holdAnswers, None
+        self.peer.loseConnection()
+        held[0].callback(0)  # a relay that answers after its CLOSE
+        self.pair.flush()
+        other = openForwarded(peer)
+        self.pair.flush()
+        self.pair.clock.advance(PROBE_INTERVAL)
+        other.write(b"y" * 1000)
+        self.pair.flush()
+        self.assertEqual(self.probes(), 2)
+        self.assertFalse(self.pair.client.transport.disconnecting)  # type: ignore[union-attr]
 
     def test_ourUploadsMeanwhileMoveNothing(self) -> None:
         """
