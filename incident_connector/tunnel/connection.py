@@ -475,8 +475,8 @@ class RelayConnection(SSHService):
             raise ProtocolError(f"the relay sent data after EOF on channel {channel.localId}")
         channel.localWindowLeft -= length
         self.bytesReceived += length
-        self._receivers.add(channel.localId)
-        if channel.localWindowLeft < self.windows.size // 2:
+        # A cheap bound (no window is larger); updateWindow decides.
+        if channel.localWindowLeft < LOCAL_WINDOW // 2:
             channel.updateWindow()
 
     def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
@@ -557,8 +557,10 @@ class RelayConnection(SSHService):
         gathered, self.gathered = self.gathered, []
         for channel in gathered:
             channel.deliver()
-        if gathered and self._probe is None:
-            self._sendProbe(gathered)
+        if gathered:
+            self._receivers.update(channel.localId for channel in gathered)
+            if self._probe is None:
+                self._sendProbe(gathered)
 
     @property
     def windowSize(self) -> int:

@@ -7,8 +7,9 @@ link that queue drains in moments; on a slow one, 2 MiB per channel is
 seconds of data, and everything else the relay sends us (an interactive
 stream's reply, a new stream's handshake, a keepalive's answer) waits behind
 it in the relay's buffers, where we cannot reorder it.  So the window follows
-the queueing delay that the relay's answers to our global requests show, as
-LEDBAT (RFC 6817) does: a round trip less the smallest seen lately is time
+the queueing delay that the relay's answers to our requests show (a channel
+request timed while data flows, keepalives on a quiet link), as LEDBAT
+(RFC 6817) does: a round trip less the smallest seen lately is time
 spent in queues.  Above L{TARGET} the window shrinks in proportion, well
 under it the window grows again, between L{MIN_WINDOW} and the most a
 channel ever gets; and never under twice each busy channel's share of what
@@ -94,7 +95,7 @@ class WindowSizer:
 
     def sample(self, seconds: float, now: float, loaded: bool, received: int = 0, channels: int = 1) -> None:
         """
-        A global request sent C{seconds} before C{now} was answered;
+        A request sent C{seconds} before C{now} was answered;
         C{loaded}: the relay sent channel data meanwhile (C{received} bytes,
         on C{channels} channels) and we sent little.  A negative round trip
         (the wall clock was stepped back) is ignored.
