@@ -558,7 +558,10 @@ class RelayConnection(SSHService):
         for channel in gathered:
             channel.deliver()
         if gathered:
-            self._receivers.update(channel.localId for channel in gathered)
+            # Not a channel that ended in this read (its CLOSE came after its
+            # data): only open ones count, so this stays bounded if no answer comes.
+            channels = self.channels
+            self._receivers.update(c.localId for c in gathered if channels.get(c.localId) is c)
             if self._probe is None:
                 self._sendProbe(gathered)
 
@@ -630,8 +633,7 @@ class RelayConnection(SSHService):
         """
         if self.channels.get(channel.localId) is channel:
             del self.channels[channel.localId]
-            # Only open channels count: so it stays bounded if no answer comes.
-            self._receivers.discard(channel.localId)
+            self._receivers.discard(channel.localId)  # only open ones count (readFinished)
         self._scheduled.discard(channel)
         if self.draining and not self.channels:
             self._fireDrained()

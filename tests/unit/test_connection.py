@@ -432,6 +432,31 @@ class WindowSizingTests(SynchronousTestCase):
         self.assertEqual(self.probes(), 2)
         self.assertFalse(self.pair.client.transport.disconnecting)  # type: ignore[union-attr]
 
+    def test_closedChannelsAreForgottenWhileAProbeWaits(self) -> None:
+        """
+        A relay that never answers the probe, while streams come, send and
+        go, does not make the connection remember every channel that ever
+        sent: only open ones count towards the window's floor.
+        """
+        peer = self.pair.peer
+        peer.holdAnswers = []
+        self.peer.write(b"x" * 1000)
+        self.pair.flush()
+        self.assertEqual(self.probes(), 1)
+        for _ in range(20):
+            other = openForwarded(peer)
+            self.pair.flush()
+            # Its data and its CLOSE arrive in one read.
+            other.write(b"y" * 1000)
+            other.loseConnection()
+            self.pair.flush()
+        connection = self.pair.connection
+        assert connection is not None
+        self.assertEqual(len(connection.channels), 1)
+        self.peer.write(b"x" * 1000)
+        self.pair.flush()
+        self.assertEqual(connection._receivers, {self.pair.streams[0].channel.localId})
+
     def test_ourUploadsMeanwhileMoveNothing(self) -> None:
         """
         A late answer while we sent the relay more than
