@@ -3,6 +3,7 @@ A burst of streams that each send as soon as their SOCKS handshake is done:
 the connector against OpenSSH's ``ssh -N -R 0``, each on its own sshd, in one run.
 
     python bench/burst.py [--streams 1000] [--rounds 5] [--ciphers aes128-gcm@openssh.com]
+                          [--connector-prelude FILE]
 
 ``bench/bench.py`` holds its 1,000 streams at a barrier until every handshake
 is done, then sends; here nothing waits, so handshakes, dials and 64 KiB
@@ -11,7 +12,11 @@ for each client in turn (the order reversed every other round): the wall
 time, the SOCKS handshake's and the whole stream's p50 and p99 (from
 ``connect()`` to the last echoed byte), the client's and its sshd's CPU
 seconds; medians over rounds.  Then each client's RSS before the first burst
-and its peak (``VmHWM``) over all of them.  Run by hand.
+and its peak (``VmHWM``) over all of them.  ``--connector-prelude FILE``
+adds a third client, the connector running FILE first, on its own sshd in
+the same rounds: a change to the burst path is measured against the
+connector as it is and against ssh before it is made (bursts vary by tens
+of percent from run to run, so only the same run compares).  Run by hand.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ciphers", default="aes128-gcm@openssh.com", help="sshd's Ciphers line ('' for defaults)")
+    parser.add_argument("--connector-prelude", type=Path, help="Python a third connector runs first")
     args = parser.parse_args()
 
     work = tempdir("burst-")
@@ -89,13 +95,15 @@ def main() -> None:
     clients: dict[str, tuple[SshdRelay, OpenSSH | Connector, int]] = {}
     samples: dict[tuple[str, str], list[float]] = {}
     try:
-        for kind in ("openssh", "connector"):
+        kinds = ["openssh", "connector"] + (["prelude"] if args.connector_prelude else [])
+        for kind in kinds:
             relay = SshdRelay(Path(work / kind / "relay"), ciphers=ciphers).start()
             client: OpenSSH | Connector
             if kind == "openssh":
                 client = OpenSSH(relay, allow, work / kind / "ssh")
             else:
-                client = startConnector(work / kind / "connector", relay, allow)
+                prelude = args.connector_prelude.read_text() if kind == "prelude" else ""
+                client = startConnector(work / kind / "connector", relay, allow, prelude=prelude)
             clients[kind] = (relay, client, client.allocatedPort())
         idle = {kind: rss(pidOf(client)) for kind, (_, client, _) in clients.items()}
         for turn in range(args.rounds):
@@ -117,15 +125,15 @@ def main() -> None:
                 ]:
                     samples.setdefault((kind, key), []).append(value)
         keys = list(dict.fromkeys(key for _, key in samples))
-        print(f"{'':24}{'openssh':>10}{'connector':>11}")
+        print(f"{'':24}" + "".join(f"{kind:>11}" for kind in kinds))
         for key in keys:
-            a, b = median(samples[("openssh", key)]), median(samples[("connector", key)])
-            print(f"{key:24}{a:10.2f}{b:11.2f}")
+            print(f"{key:24}" + "".join(f"{median(samples[(kind, key)]):11.2f}" for kind in kinds))
         peaks = {kind: rss(pidOf(client), "VmHWM") for kind, (_, client, _) in clients.items()}
-        print(f"{'RSS idle MiB':24}{idle['openssh']:10.2f}{idle['connector']:11.2f}")
-        print(f"{'RSS peak MiB (all)':24}{peaks['openssh']:10.2f}{peaks['connector']:11.2f}")
-        print("\nper burst (connector):", ", ".join(f"{v:.2f}" for v in samples[("connector", "wall s")]))
-        print("per burst (openssh):  ", ", ".join(f"{v:.2f}" for v in samples[("openssh", "wall s")]))
+        print(f"{'RSS idle MiB':24}" + "".join(f"{idle[kind]:11.2f}" for kind in kinds))
+        print(f"{'RSS peak MiB (all)':24}" + "".join(f"{peaks[kind]:11.2f}" for kind in kinds))
+        print()
+        for kind in kinds:
+            print(f"per burst ({kind}):".ljust(24), ", ".join(f"{v:.2f}" for v in samples[(kind, "wall s")]))
     finally:
         for relay, client, _ in clients.values():
             client.stop()
@@ -133,6 +141,7 @@ def main() -> None:
         target.close()
     print(
         f"\n({args.streams} streams x {args.rounds} rounds, alternating; Ciphers {args.ciphers or 'default'}; "
+        f"{'prelude ' + str(args.connector_prelude) + '; ' if args.connector_prelude else ''}"
         f"medians; {time.monotonic() - started:.0f} s; {today()})"
     )
     removeWorkdir(work)
