@@ -143,6 +143,18 @@ class Turns:
         self.waiting -= 1
         return queue.popleft()
 
+    def remove(self, channel: ForwardedChannel) -> None:
+        """
+        Forget C{channel}, which ended while waiting for a turn.  Its level is
+        the one L{add} chose: a channel sends only once popped, so its C{sent}
+        has not moved since.
+        """
+        try:
+            self.levels[min(channel.sent // LEVEL_STEP, LEVELS - 1)].remove(channel)
+        except ValueError:  # popped: being served right now
+            return
+        self.waiting -= 1
+
 
 @implementer(IConnectionService, IChannelOwner)
 class RelayConnection(SSHService):
@@ -336,6 +348,11 @@ class RelayConnection(SSHService):
             self.transport.loseConnection()
             return
         (port,) = struct.unpack(">L", data[:4])
+        if not 0 < port <= 0xFFFF:
+            # OpenSSH refuses the forward too ("Invalid allocated port").
+            self.transport.fail(TunnelError(f"the relay granted the remote forward on port {port}", "forward_refused"))
+            self.transport.loseConnection()
+            return
         self.allocatedPort = port
         self.log.info("Allocated port {port} for remote forward to socks{on}", port=port, on=self._on())
         self.transport.forwardGranted(port)
@@ -513,7 +530,9 @@ class RelayConnection(SSHService):
         if name != b"eow@openssh.com":
             self.metrics.relayRefusals.labels(kind="channel_request").inc()
             self._note("channel_request", "refused channel request {name} from the relay", name=escape(name, 60))
-        if wantReply:
+        if wantReply and not channel.closeSent:
+            # As OpenSSH: nothing on a channel after our CLOSE; a relay may
+            # have forgotten the channel, and take the reply as a protocol error.
             self.transport.sendPacket(MSG_CHANNEL_FAILURE, uint32(channel.remoteId))
 
     def ssh_CHANNEL_SUCCESS(self, packet: bytes) -> None:
@@ -634,7 +653,11 @@ class RelayConnection(SSHService):
         if self.channels.get(channel.localId) is channel:
             del self.channels[channel.localId]
             self._receivers.discard(channel.localId)  # only open ones count (readFinished)
-        self._scheduled.discard(channel)
+        if channel in self._scheduled:
+            # Not left for _produce to skip: a relay that keeps our socket
+            # full while channels come and go would grow the turns for ever.
+            self._scheduled.discard(channel)
+            self._turns.remove(channel)
         if self.draining and not self.channels:
             self._fireDrained()
 

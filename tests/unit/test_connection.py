@@ -187,6 +187,30 @@ class SchedulerTests(SynchronousTestCase):
             pair.drain(1)
         self.assertEqual(pair.order(), [*range(1, TOP_SHARE), 0] * 2)
 
+    def test_endedChannelsLeaveTheirTurns(self) -> None:
+        """
+        While the relay keeps our socket full, streams that queued a reply and
+        were then closed by the relay are forgotten at once, not kept until
+        the socket drains (which the relay decides): their turns do not
+        pile up.  The channel still open sends all of its data afterwards.
+        """
+        pair = ScheduledPair(1)
+        pair.room = 0
+        pair.channels[0].write(b"k" * 70_000)
+        connection = pair.connection
+        for _ in range(200):
+            peer = openForwarded(pair.pair.peer)
+            pair.pair.flush()
+            pair.pair.streams[-1].channel.write(b"\x05\x00")
+            peer.loseConnection()
+            pair.pair.flush()
+        self.assertEqual(list(connection.channels.values()), [pair.channels[0]])
+        self.assertEqual(connection._turns.waiting, 1)
+        self.assertEqual(sum(len(level) for level in connection._turns.levels), 1)
+        pair.drain(1 << 30)
+        self.assertEqual(sum(length for _, length in pair.pair.server.data), 70_000)
+        self.assertEqual(connection._turns.waiting, 0)
+
     @settings(max_examples=60, deadline=None)
     @given(
         st.lists(

@@ -262,6 +262,40 @@ class HostileRelayTests(SynchronousTestCase):
         self.assertNotIn("\n", message)
         self.assertLess(len(message), 300)
 
+    def test_channelRequestAnsweredUntilOurClose(self) -> None:
+        """
+        A channel request that wants a reply is refused with CHANNEL_FAILURE,
+        but not once our CLOSE went out: as OpenSSH, nothing follows our CLOSE
+        on a channel, which the relay may already have forgotten.
+        """
+        pair = self.established()
+        openForwarded(pair.peer)
+        pair.flush()
+        channel = pair.streams[0].channel
+        request = struct.pack(">L", channel.localId) + NS(b"x@example.com") + b"\x01"
+        pair.server.sendPacket(98, request)
+        pair.flush()
+        self.assertEqual(pair.server.seen.count(100), 1)
+        channel.abortConnection()
+        pair.server.sendPacket(98, request)
+        pair.flush()
+        self.assertEqual(pair.server.seen.count(100), 1)
+        self.assertIsNone(pair.client.failure)
+
+    def test_forwardOnImpossiblePort(self) -> None:
+        """
+        A forward granted on a port over 65535 is a refused forward, as in
+        OpenSSH: the tunnel is not reported up with a port nobody can reach.
+        """
+        pair = Pair(server=PeerTransport())
+        pair.peerFactory.makeConnection = lambda: _PortConnection(70000)  # type: ignore[method-assign]
+        pair.flush()
+        error = failureOf(pair)
+        self.assertEqual(error.reason, "forward_refused")
+        self.assertIn("on port 70000", str(error))
+        assert pair.connection is not None
+        self.assertIsNone(pair.connection.allocatedPort)
+
     def test_forwardWithoutPort(self) -> None:
         class NoPort(PeerTransport):
             pass
@@ -276,6 +310,15 @@ class HostileRelayTests(SynchronousTestCase):
 class _NoPortConnection(PeerConnectionBase):
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> object:
         return 1 if requestType == b"tcpip-forward" else 0
+
+
+class _PortConnection(PeerConnectionBase):
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> object:
+        return (1, struct.pack(">L", self.port)) if requestType == b"tcpip-forward" else 0
 
 
 class ReadSplitTests(SynchronousTestCase):
