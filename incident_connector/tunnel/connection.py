@@ -304,6 +304,10 @@ class RelayConnection(SSHService):
         self._liveness = self.clock.callLater(delay, self._checkLiveness)
 
     def _sendKeepalive(self) -> None:
+        if len(self._requests) >= MAX_PENDING_REQUESTS:
+            # A relay that answers none while it sends other things: asking
+            # again would only be refused here, and timed as a 0 s answer.
+            return
         sent = self.clock.seconds()
 
         def answered(_: object) -> None:

@@ -15,6 +15,7 @@ from twisted.conch.ssh import transport as conch
 from twisted.conch.ssh.common import NS
 from twisted.trial.unittest import SynchronousTestCase
 
+from incident_connector.tunnel.connection import MAX_PENDING_REQUESTS
 from incident_connector.tunnel.errors import ProtocolError, TunnelError
 from incident_connector.tunnel.kex import KEX_PREFERENCE, STRICT_SERVER
 from incident_connector.tunnel.transport import RekeyPolicy
@@ -282,6 +283,24 @@ class HostileRelayTests(SynchronousTestCase):
         self.assertEqual(pair.server.seen.count(100), 1)
         self.assertIsNone(pair.client.failure)
 
+    def test_keepalivesUnansweredAreNotTimed(self) -> None:
+        """
+        A relay that never answers keepalives (but sends other things, so
+        the connection lives) gets at most MAX_PENDING_REQUESTS of them, and
+        the keepalive round-trip histogram records none it did not answer.
+        """
+        pair = Pair(server=PeerTransport())
+        pair.peerFactory.makeConnection = lambda: _SilentOnKeepalives()  # type: ignore[method-assign]
+        pair.flush()
+        assert pair.connection is not None
+        for _ in range(MAX_PENDING_REQUESTS + 10):
+            pair.connection._sendKeepalive()
+        pair.flush()
+        self.assertIsNone(pair.client.failure)
+        self.assertEqual(len(pair.connection._requests), MAX_PENDING_REQUESTS)
+        sample = pair.metrics.registry.get_sample_value
+        self.assertEqual(sample("incident_connector_keepalive_rtt_seconds_count"), 0)
+
     def test_forwardOnImpossiblePort(self) -> None:
         """
         A forward granted on a port over 65535 is a refused forward, as in
@@ -310,6 +329,12 @@ class HostileRelayTests(SynchronousTestCase):
 class _NoPortConnection(PeerConnectionBase):
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> object:
         return 1 if requestType == b"tcpip-forward" else 0
+
+
+class _SilentOnKeepalives(PeerConnectionBase):
+    def ssh_GLOBAL_REQUEST(self, packet: bytes) -> None:
+        if b"keepalive@openssh.com" not in packet:
+            super().ssh_GLOBAL_REQUEST(packet)
 
 
 class _PortConnection(PeerConnectionBase):
