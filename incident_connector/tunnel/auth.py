@@ -14,8 +14,9 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import defer
 
 from .certificates import UserCertificate
-from .errors import TunnelError
+from .errors import ProtocolError, TunnelError
 from .hostkeys import HostKeyPolicy
+from .wire import Reader, escape
 
 if TYPE_CHECKING:
     from twisted.conch.ssh.service import SSHService
@@ -79,6 +80,10 @@ def loadIdentity(path: str) -> keys.Key:
     raise ValueError(f"{path!r} is a {key.type()} key; use ed25519 (Conch signs RSA with SHA-1, which OpenSSH refuses)")
 
 
+#: The user-auth answers a public key login can get.
+_ANSWERS = frozenset({userauth.MSG_USERAUTH_FAILURE, userauth.MSG_USERAUTH_SUCCESS, userauth.MSG_USERAUTH_PK_OK})
+
+
 class RelayUserAuth(userauth.SSHUserAuthClient):
     """
     Offers exactly one key, as a certificate if there is one, then gives up.
@@ -115,8 +120,39 @@ class RelayUserAuth(userauth.SSHUserAuthClient):
     def getPrivateKey(self) -> defer.Deferred[keys.Key]:
         return defer.succeed(self.key)
 
+    def tryAuth(self, kind: bytes) -> defer.Deferred[bool] | None:
+        """
+        Conch tries every method the relay lists that it has code for
+        (keyboard-interactive, password): the connector only offers its key.
+        """
+        return self.auth_publickey() if kind == b"publickey" else None
+
+    def ssh_USERAUTH_PK_OK(self, packet: bytes) -> object:
+        # Message 60 means something else for every method; only a key was asked about.
+        if self.lastAuth != b"publickey":
+            raise ProtocolError("the relay sent USERAUTH_PK_OK although no key was offered")
+        return super().ssh_USERAUTH_PK_OK(packet)
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> object:
+        if messageNum not in _ANSWERS:
+            # Conch would log each one, whole, at info: the relay could fill the log.
+            self.transport.sendUnimplemented()
+            return None
+        return super().packetReceived(messageNum, packet)
+
     def ssh_USERAUTH_FAILURE(self, packet: bytes) -> object:
-        if self._offered:
+        # Strictly, as OpenSSH: Conch's own parsing raises TypeError on a short one.
+        reader = Reader(packet, "USERAUTH_FAILURE")
+        methods = reader.string()
+        reader.boolean()
+        reader.end()
+        if b"publickey" not in methods.split(b",") and not self._offered:
+            self.transport.fail(
+                TunnelError(
+                    f"authentication failed: the relay takes no public key (it offers {escape(methods, 100)})", "auth"
+                )
+            )
+        elif self._offered:
             what = "certificate" if self.certificate else "key"
             self.transport.fail(
                 TunnelError(

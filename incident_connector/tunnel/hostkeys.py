@@ -332,7 +332,7 @@ class HostKeyPolicy:
 
         @raise HostKeyMismatch: with a message naming what was expected and seen.
         """
-        key = Key.fromString(blob)
+        key = Key.fromString(blob, type="blob")
         seen = fingerprint(key)
         if self.pin is not None and seen != self.pin:
             raise HostKeyMismatch(f"relay host key {seen} does not match --relay-host-key {self.pin}")

@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - depends on the installed cryptography
 
 from .errors import ProtocolError
 from .packets import AEAD_CIPHERS, CIPHERS, MACS
-from .wire import Reader, mpint, string
+from .wire import Reader, escape, mpint, string
 
 __all__ = [
     "CIPHER_PREFERENCE",
@@ -188,7 +188,7 @@ def _first(what: str, ours: Sequence[bytes], theirs: Sequence[bytes]) -> bytes:
 
 
 def _names(names: Sequence[bytes]) -> str:
-    shown = ", ".join(n.decode("ascii", "replace") for n in names[:20])
+    shown = ", ".join(escape(n, 64) for n in names[:20])
     return shown if len(names) <= 20 else shown + ", ..."
 
 

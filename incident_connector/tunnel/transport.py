@@ -534,7 +534,7 @@ class RelayTransport(protocol.Protocol):
         the key the connection started with.
         """
         try:
-            key = keys.Key.fromString(blob)
+            key = keys.Key.fromString(blob, type="blob")
         except (keys.BadKeyError, ValueError, struct.error, IndexError):
             raise ProtocolError("the relay sent a malformed host key", reason="host_key") from None
         expected = b"ssh-rsa" if algorithm.startswith(b"rsa-sha2-") else algorithm

@@ -12,7 +12,7 @@ import struct
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.conch.ssh import transport as conch
-from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.common import NS, getNS
 from twisted.trial.unittest import SynchronousTestCase
 
 from incident_connector.tunnel.connection import MAX_PENDING_REQUESTS
@@ -263,6 +263,36 @@ class HostileRelayTests(SynchronousTestCase):
         self.assertNotIn("\n", message)
         self.assertLess(len(message), 300)
 
+    def test_hostKeyNotAKeyBlob(self) -> None:
+        """
+        The host key in the key exchange reply is read as a key blob and
+        nothing else: text that Conch would take for another key format (an
+        LSH s-expression, an encrypted PEM file) is a malformed host key.
+        """
+        for blob in [
+            b"(junk",
+            b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n"
+            b"DEK-Info: AES-128-CBC,00000000000000000000000000000000\n\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        ]:
+            server = _HostKeyBlob()
+            server.blob = blob
+            pair = Pair(server=server)
+            self.endedWith(pair, "malformed host key")
+            self.assertEqual(failureOf(pair).reason, "host_key")
+
+    def test_negotiationErrorEscapesRelayNames(self) -> None:
+        """
+        The relay's algorithm names in a negotiation error (logged, and shown
+        as /status last_error) carry no newline or terminal escape.
+        """
+        pair = Pair(serverCiphers=[b"evil\nFAKE LOG LINE\x1b[2J"])
+        pair.flush()
+        message = str(failureOf(pair))
+        self.assertIn("no common cipher", message)
+        self.assertIn("evil\\nFAKE", message)
+        self.assertNotIn("\n", message)
+        self.assertNotIn("\x1b", message)
+
     def test_channelRequestAnsweredUntilOurClose(self) -> None:
         """
         A channel request that wants a reply is refused with CHANNEL_FAILURE,
@@ -329,6 +359,19 @@ class HostileRelayTests(SynchronousTestCase):
 class _NoPortConnection(PeerConnectionBase):
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> object:
         return 1 if requestType == b"tcpip-forward" else 0
+
+
+class _HostKeyBlob(PeerTransport):
+    """
+    Puts C{blob} where the host key goes in its key exchange reply.
+    """
+
+    blob = b""
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        if messageType == 31:  # KEX_ECDH_REPLY / KEXDH_REPLY
+            payload = NS(self.blob) + getNS(payload)[1]
+        super().sendPacket(messageType, payload)
 
 
 class _SilentOnKeepalives(PeerConnectionBase):
