@@ -244,6 +244,10 @@ class Splice:
         what it buffers is written.
         """
         self._channelEOF = True
+        if self._destinationGone or self._ending:
+            # Closed or closing already; a closed connection's
+            # loseWriteConnection would register fd -1 with the reactor.
+            return
         # A transport whose buffer drains while its streaming producer is
         # paused resumes the producer *instead of* finishing a pending
         # half-close (abstract.FileDescriptor.doWrite): unregister first.
@@ -322,6 +326,9 @@ class Splice:
             self._lastActivity = self.settings.clock.seconds()
             if self._timer is None:
                 self._timer = self.settings.clock.callLater(timeout, self._checkIdle)
+            elif self._timer.getTime() > self._lastActivity + timeout:
+                # The idle timer is due later than the half-close deadline.
+                self._timer.reset(timeout)
 
     def _checkIdle(self) -> None:
         self._timer = None

@@ -23,6 +23,7 @@ REASONS = {
     "disconnected": "the relay closed the connection with a reason",
     "connection_lost": "the connection ended before the forward was granted",
     "lost": "an established connection ended",
+    "internal": "the connector failed acting on a relay message (a bug: its log has the traceback)",
 }
 
 

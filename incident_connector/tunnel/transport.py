@@ -277,9 +277,14 @@ class RelayTransport(protocol.Protocol):
             self._protocolError(ProtocolError(f"the relay sent a bad packet: {e}", code=e.reason))
         except ProtocolError as e:
             self._protocolError(e)
-        except (struct.error, IndexError, ValueError, UnicodeDecodeError):
-            # From Conch's user auth parsing a malformed message.
-            self._protocolError(ProtocolError("the relay sent a malformed user-auth message"))
+        except (struct.error, IndexError, ValueError) as e:
+            if self._phase is not _Phase.AUTH:
+                # Not the relay's doing: the connector's own fault, with its traceback.
+                self._log.failure("internal error acting on the relay's message")
+                self._protocolError(ProtocolError(f"internal error acting on the relay's message: {e!r}", "internal"))
+            else:
+                # From Conch's user auth parsing a malformed message.
+                self._protocolError(ProtocolError("the relay sent a malformed user-auth message"))
         finally:
             self._buffer = buffer[offset:] if offset else buffer
             if connection is not None:

@@ -15,10 +15,12 @@ from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from incident_connector.allowlist import Allowlist
@@ -34,6 +36,7 @@ from incident_connector.splice import (
     ReadSizer,
     Splice,
     SpliceSettings,
+    TargetProtocol,
 )
 from incident_connector.stream import ForwardedStream, StreamSettings, meterStream
 from incident_connector.tunnel.channel import ForwardedChannel
@@ -245,6 +248,25 @@ class SpliceTests(SynchronousTestCase):
         harness.reactor.advance(1)
         self.assertTrue(harness.channel.closed)
         self.assertEqual(harness.record.result, StreamResult.HALF_CLOSE_TIMEOUT)
+
+    def test_halfCloseTimeoutUnderALongerIdleTimeout(self) -> None:
+        """
+        With --stream-idle-timeout longer than --half-close-timeout, a stream
+        half-closed by either side and then silent still ends after the
+        half-close timeout, not the idle one.
+        """
+        for side in ("client", "destination"):
+            harness, destination = self.spliced(idle=3600, halfClose=300)
+            harness.reactor.advance(10)
+            if side == "client":
+                harness.stream.readConnectionLost()
+            else:
+                destination.protocol.readConnectionLost()
+            harness.reactor.advance(299)
+            self.assertFalse(harness.channel.closed, side)
+            harness.reactor.advance(1)
+            self.assertTrue(harness.channel.closed, side)
+            self.assertEqual(harness.record.result, StreamResult.HALF_CLOSE_TIMEOUT, side)
 
     def test_relayLost(self) -> None:
         from twisted.internet.error import ConnectionLost
@@ -475,3 +497,66 @@ def _done() -> Any:
     from twisted.python.failure import Failure
 
     return Failure(ConnectionDone())
+
+
+class EndedStreamTests(TestCase):
+    """
+    Against a real TCP destination: what reaches a stream after it ended.
+    """
+
+    timeout = 10
+
+    @defer.inlineCallbacks
+    def test_clientEOFAfterTheDestinationClosed(self) -> None:
+        """
+        A stream ended (idle timeout, revoke, drain) while its channel still
+        holds data for a client that does not read: its destination closes at
+        once, and the client's EOF that follows is nothing to act on. It
+        used to half-close the closed connection, whose ValueError (fd -1)
+        ended the whole relay connection.
+        """
+        listening = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            protocol.Factory.forProtocol(protocol.Protocol)
+        )
+        self.addCleanup(listening.stopListening)
+        gone: defer.Deferred[None] = defer.Deferred()
+
+        class Target(TargetProtocol):
+            def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+                super().connectionLost(reason)
+                gone.callback(None)
+
+        target = yield TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getHost().port).connect(
+            protocol.Factory.forProtocol(Target)
+        )
+        channel = _DrainingChannel()
+        splice = Splice(channel, target, SpliceSettings(reactor, 0, 0, Budget(0, reactor)), StreamRecord(0), _ignore)
+        splice.end(StreamResult.IDLE)
+        yield gone
+        self.addCleanup(
+            lambda: splice._deadline is not None and splice._deadline.active() and splice._deadline.cancel()
+        )
+        self.assertTrue(channel.closeAfterDrain)
+        splice.channelEOF()
+        self.assertFalse(channel.aborted)
+
+
+class _DrainingChannel(FakeChannel):
+    """
+    Holds data for a client that does not read: like L{ForwardedChannel},
+    closing only marks it to close once drained, and the stream stays on it.
+    """
+
+    closeAfterDrain = False
+
+    def loseConnection(self) -> None:
+        self.closeAfterDrain = True
+
+
+def _ignore(record: StreamRecord) -> None:
+    pass
+
+
+def _cancelDeadline(splice: Splice) -> None:
+    if splice._deadline is not None and splice._deadline.active():
+        splice._deadline.cancel()

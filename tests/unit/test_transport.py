@@ -293,6 +293,38 @@ class HostileRelayTests(SynchronousTestCase):
         self.assertNotIn("\n", message)
         self.assertNotIn("\x1b", message)
 
+    def test_ourOwnErrorIsNotBlamedOnTheRelay(self) -> None:
+        """
+        An exception from the connector's own stream code, once logged in, is
+        reported as an internal error with its traceback, not as a malformed
+        message from the relay.
+        """
+
+        class Broken:
+            def __init__(self, channel: object) -> None:
+                pass
+
+            def makeConnection(self, transport: object) -> None:
+                pass
+
+            def readConnectionLost(self) -> None:
+                raise ValueError("a bug")
+
+            def connectionLost(self, reason: object) -> None:
+                pass
+
+        pair = Pair(makeStream=Broken)
+        pair.flush()
+        peer = openForwarded(pair.peer)
+        pair.flush()
+        pair.peer.sendEOF(peer)
+        pair.flush()
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertIsInstance(pair.client.failure, ProtocolError)
+        assert pair.client.failure is not None
+        self.assertEqual(pair.client.failure.reason, "internal")
+        self.assertIn("internal error", str(pair.client.failure))
+
     def test_channelRequestAnsweredUntilOurClose(self) -> None:
         """
         A channel request that wants a reply is refused with CHANNEL_FAILURE,
