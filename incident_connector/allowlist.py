@@ -220,6 +220,11 @@ def _parseHost(host: str, entry: str, bracketed: bool) -> dict[str, object]:
             raise AllowlistError(f"allowlist entry {entry!r}: {e}") from None
         if bracketed != (network.version == 6):
             raise AllowlistError(f"allowlist entry {entry!r}: write IPv6 networks in brackets, IPv4 without")
+        mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+        if mapped is not None and network.prefixlen >= 96:
+            # Mapped addresses are judged as the IPv4 address they map (as a
+            # single mapped address entry is): so is a mapped network.
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
         return {"network": network}
     address = parseAddress(host)
     if address is not None:

@@ -168,6 +168,10 @@ class MatchTests(SynchronousTestCase):
         ("10.0.0.0/8:5432", "db.internal", 5432, R),  # resolve, then check every address
         ("10.0.0.0/8:5432", "db.internal", 80, D),  # no IP rule for that port: no lookup
         ("[fd00::/8]:443", "fd12::1", 443, A),
+        # A mapped network is the IPv4 network it maps, as a mapped address is.
+        ("[::ffff:10.0.0.0/104]:443", "10.1.2.3", 443, A),
+        ("[::ffff:10.0.0.0/104]:443", "::ffff:10.1.2.3", 443, A),
+        ("[::ffff:10.0.0.0/104]:443", "11.0.0.1", 443, D),
         ("[fd00::/8]:443", "fe80::1", 443, D),
         ("[::1]:80", "::1", 80, A),
         ("[::1]:80", "127.0.0.1", 80, D),
