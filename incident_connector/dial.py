@@ -22,7 +22,7 @@ from zope.interface import implementer
 from .allowlist import Allowlist, Destination, IPAddress, Verdict
 from .socks import Reply
 
-__all__ = ["DeniedAfterResolution", "classify", "dial", "resolve"]
+__all__ = ["LOOKUPS", "MAX_LOOKUPS", "DeniedAfterResolution", "Lookups", "classify", "dial", "resolve"]
 
 
 class DeniedAfterResolution(Exception):
@@ -31,33 +31,89 @@ class DeniedAfterResolution(Exception):
     """
 
 
+#: Names looked up at once, at most, by all streams together.  A lookup
+#: outlives the stream that asked for it (the resolver's threads cannot be
+#: cancelled), so without a bound a client asking for names whose DNS never
+#: answers would queue lookups for ever; past it, a new name fails at once
+#: (SOCKS 0x04, dns_error).  Streams asking for a name already being looked
+#: up wait for that lookup, so a burst of streams to a few names uses few.
+MAX_LOOKUPS = 256
+
+
+class Lookups:
+    """
+    The names being looked up, each with the streams waiting for it.
+
+    @ivar limit: the most names looked up at once.
+    @ivar pending: for each resolver and name being looked up, the Deferreds
+        of the streams waiting for its addresses.
+    """
+
+    def __init__(self, limit: int = MAX_LOOKUPS) -> None:
+        self.limit = limit
+        self.pending: dict[tuple[object, str], list[defer.Deferred[list[IPAddress]]]] = {}
+
+    def resolve(self, reactor: Any, name: str, port: int) -> defer.Deferred[list[IPAddress]]:
+        """
+        Every address C{name} resolves to, in the resolver's order, each once.
+        """
+        resolver = reactor.nameResolver
+        key = (resolver, name)
+        waiting = self.pending.get(key)
+        first = waiting is None
+        if waiting is None:
+            if len(self.pending) >= self.limit:
+                return defer.fail(error.DNSLookupError(f"{self.limit} names are being looked up already"))
+            waiting = self.pending[key] = []
+
+        def forget(result: defer.Deferred[list[IPAddress]]) -> None:
+            # The stream gave up (its dial timed out, or it ended).
+            if result in waiting:
+                waiting.remove(result)
+
+        result: defer.Deferred[list[IPAddress]] = defer.Deferred(forget)
+        waiting.append(result)
+        if first:
+            self._lookUp(resolver, key, port)  # may answer at once
+        return result
+
+    def _lookUp(self, resolver: Any, key: tuple[object, str], port: int) -> None:
+        name = key[1]
+        addresses: list[IPAddress] = []
+        lookups = self
+
+        @implementer(IResolutionReceiver)
+        class Receiver:
+            def resolutionBegan(self, resolution: IHostResolution) -> None:
+                pass
+
+            def addressResolved(self, address: Any) -> None:
+                parsed = ipaddress.ip_address(address.host.split("%")[0])
+                if parsed not in addresses:
+                    addresses.append(parsed)
+
+            def resolutionComplete(self) -> None:
+                for waiting in lookups.pending.pop(key, []):
+                    if addresses:
+                        waiting.callback(list(addresses))
+                    else:
+                        waiting.errback(error.DNSLookupError(f"no address for {name!r}"))
+
+        resolver.resolveHostName(
+            Receiver(), name, portNumber=port, addressTypes=[IPv4Address, IPv6Address], transportSemantics="TCP"
+        )
+
+
+#: The lookups of every stream in this process (they share the reactor's resolver).
+LOOKUPS = Lookups()
+
+
 def resolve(reactor: Any, name: str, port: int) -> defer.Deferred[list[IPAddress]]:
     """
-    Every address C{name} resolves to, in the resolver's order, each once.
+    Every address C{name} resolves to, in the resolver's order, each once
+    (L{LOOKUPS}).
     """
-    result: defer.Deferred[list[IPAddress]] = defer.Deferred()
-    addresses: list[IPAddress] = []
-
-    @implementer(IResolutionReceiver)
-    class Receiver:
-        def resolutionBegan(self, resolution: IHostResolution) -> None:
-            pass
-
-        def addressResolved(self, address: Any) -> None:
-            parsed = ipaddress.ip_address(address.host.split("%")[0])
-            if parsed not in addresses:
-                addresses.append(parsed)
-
-        def resolutionComplete(self) -> None:
-            if addresses:
-                result.callback(addresses)
-            else:
-                result.errback(error.DNSLookupError(f"no address for {name!r}"))
-
-    reactor.nameResolver.resolveHostName(
-        Receiver(), name, portNumber=port, addressTypes=[IPv4Address, IPv6Address], transportSemantics="TCP"
-    )
-    return result
+    return LOOKUPS.resolve(reactor, name, port)
 
 
 async def _connectFirst(
