@@ -105,6 +105,9 @@ class Opening:
         self._done = False
         self._dialing: defer.Deferred[Any] | None = None
         self._timer: Any = settings.reactor.callLater(settings.handshakeTimeout, self._timedOut)
+        # The handshake fits in the window the channel opens with; no more
+        # until the destination accepts (connected: resumeProducing).
+        channel.pauseProducing()
 
     def dataReceived(self, data: Payload) -> None:
         if self._done:
@@ -202,7 +205,6 @@ class Opening:
         else:
             # Only IP rules could allow the name: its addresses decide (see resolved).
             record.verdict = "unresolved"
-        self.channel.pauseProducing()  # no more payload until the destination accepts
         started = settings.reactor.seconds()
 
         def resolved(addresses: list[IPAddress]) -> None:

@@ -23,13 +23,19 @@ from zope.interface import implementer
 
 from .interfaces import IChannelOwner, IStreamProtocol, IStreamTransport, Payload
 
-__all__ = ["LEVELS", "LEVEL_STEP", "LOCAL_MAX_PACKET", "LOCAL_WINDOW", "ForwardedChannel"]
+__all__ = ["LEVELS", "LEVEL_STEP", "LOCAL_MAX_PACKET", "LOCAL_WINDOW", "OPENING_WINDOW", "ForwardedChannel"]
 
 #: Our largest receive window per channel: large enough to keep a fast
 #: relay busy (OpenSSH's own size).
 LOCAL_WINDOW = 2 * 1024 * 1024
 #: The largest channel data we accept in one packet (OpenSSH's size).
 LOCAL_MAX_PACKET = 32768
+#: The window a channel opens with: room for any SOCKS handshake and a
+#: first packet.  The stream holds it until its destination accepts, then
+#: the window grows to the connection's size; so what the relay can make
+#: us keep for destinations not yet connected is at most this per stream
+#: (2 MiB each would be 2 GiB over a thousand streams).
+OPENING_WINDOW = 64 * 1024
 #: The largest channel data we send in one packet, whatever the relay allows.
 MAX_SEND_PACKET = 65536
 #: Queued bytes past which the stream's producer is paused, and below which
@@ -112,7 +118,7 @@ class ForwardedChannel:
         self.remoteMaxPacket = min(remoteMaxPacket, MAX_SEND_PACKET)
         self.originator = originator
         self.connectedTo = connectedTo
-        self.localWindowLeft = connection.windowSize
+        self.localWindowLeft = min(connection.windowSize, OPENING_WINDOW)
         self.protocol: IStreamProtocol | None = None
         self.producer: IPushProducer | None = None
         self.sent = 0

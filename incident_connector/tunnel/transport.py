@@ -404,7 +404,9 @@ class RelayTransport(protocol.Protocol):
         pass
 
     def ssh_UNIMPLEMENTED(self, message: bytes) -> None:
-        self._log.debug("the relay did not understand our packet {sequence}", sequence=Reader(message, "", 1).uint32())
+        self._log.debug(
+            "the relay did not understand our packet {sequence}", sequence=Reader(message, "UNIMPLEMENTED", 1).uint32()
+        )
 
     def ssh_DEBUG(self, message: bytes) -> None:
         reader = Reader(message, "DEBUG", 1)

@@ -201,7 +201,9 @@ class _NullStream:
         self.lost: Any = None
 
     def makeConnection(self, transport: Any) -> None:
-        pass
+        # Ready at once, as a stream is once its destination accepted: the
+        # window grows from the opening window to the connection's.
+        transport.resumeProducing()
 
     def connectionMade(self) -> None:
         pass

@@ -8,22 +8,32 @@ windows follow the relay's queue.
 
 from __future__ import annotations
 
+import struct
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from incident_connector.allowlist import Allowlist
+from incident_connector.budget import Budget
+from incident_connector.opening import OpeningSettings
+from incident_connector.splice import SpliceSettings
+from incident_connector.stream import ForwardedStream, StreamSettings
 from incident_connector.tunnel.channel import (
     CONGESTED_WATER,
     HIGH_WATER,
     LEVEL_STEP,
     LEVELS,
     LOCAL_WINDOW,
+    OPENING_WINDOW,
     ForwardedChannel,
 )
 from incident_connector.tunnel.connection import CONGESTION, PROBE_INTERVAL, SENT_WHILE_PROBING, TOP_SHARE
 from incident_connector.tunnel.interfaces import IChannelOwner, IConnectionService, IRelayTransport, IStreamTransport
 
+from .fakes import DestinationTransport
 from .sshpeer import Pair, PeerChannel, openForwarded
 
 
@@ -324,6 +334,47 @@ class FlowControlTests(SynchronousTestCase):
         peer.conn.adjustWindow(peer, 4000)
         pair.flush()
         self.assertEqual(len(peer.received), 5000)
+
+
+class OpeningWindowTests(SynchronousTestCase):
+    def test_aDialNotYetAnsweredHoldsOnlyTheOpeningWindow(self) -> None:
+        """
+        While a stream's destination has not accepted, the relay can make us
+        keep at most the window the channel opened with, whatever it sends;
+        once the destination accepts, the window grows and everything flows.
+        """
+        streams: list[ForwardedStream] = []
+
+        def makeStream(channel: ForwardedChannel) -> ForwardedStream:
+            settings = StreamSettings(
+                OpeningSettings(pair.clock, lambda: Allowlist.parse(""), pair.metrics, 10.0, 10.0),
+                SpliceSettings(pair.clock, 0, 0, Budget(1 << 30, pair.clock)),
+                pair.metrics,
+                [],
+            )
+            streams.append(ForwardedStream(settings))
+            return streams[-1]
+
+        pair = Pair(makeStream=makeStream)
+        pair.flush()
+        peer = openForwarded(pair.peer)
+        pair.flush()
+        request = b"\x05\x01\x00" + b"\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack(">H", 5432)
+        payload = b"p" * (LOCAL_WINDOW + 1)
+        peer.write(request + payload)
+        pair.flush()
+        self.assertEqual(peer.remoteWindowLeft, 0)
+        opening = streams[0].opening
+        assert opening is not None
+        self.assertLessEqual(sum(map(len, opening._pending)), OPENING_WINDOW)
+
+        host, port, factory, _timeout, _bind = pair.clock.tcpClients[-1]
+        self.assertEqual((host, port), ("127.0.0.1", 5432))
+        target = factory.buildProtocol(IPv4Address("TCP", host, port))
+        destination = DestinationTransport()
+        target.makeConnection(destination)
+        pair.flush()
+        self.assertEqual(destination.value(), payload)
 
 
 class WindowSizingTests(SynchronousTestCase):

@@ -246,6 +246,11 @@ class HostileRelayTests(SynchronousTestCase):
         self.assertEqual(refused, 5)
         self.assertEqual(pair.server.seen.count(92), 5)
 
+    def test_shortUnimplemented(self) -> None:
+        pair = self.established()
+        pair.server.sendPacket(3, b"\x00")
+        self.endedWith(pair, "malformed UNIMPLEMENTED message")
+
     def test_unknownMessageAnswered(self) -> None:
         pair = self.established()
         pair.server.sendPacket(200, b"what")
