@@ -16,17 +16,19 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.internet.endpoints import wrapClientTLS
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     FileBodyProducer,
+    PotentialDataLoss,
+    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
-    readBody,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
@@ -36,6 +38,78 @@ from .proxy import HTTPConnectEndpoint, Proxy
 from .tunnel.errors import CredentialsUnavailable
 
 __all__ = ["CertificateAPI", "CredentialsError", "isLoopbackURL"]
+
+#: The most bytes of an answer read: a certificate and a known_hosts text are a few kB.
+MAX_BODY = 1024 * 1024
+
+
+class _BodyTooLarge(Exception):
+    """
+    The answer is longer than L{MAX_BODY}.
+    """
+
+
+class _CappedBody(protocol.Protocol):
+    """
+    Collects a response body of at most C{limit} bytes; past that the
+    connection is aborted and C{finished} fails with L{_BodyTooLarge}
+    (Twisted's C{readBody} reads whatever the server sends).
+
+    @ivar finished: fires with the whole body.
+    @ivar limit: the most bytes accepted.
+    @ivar parts: what came so far; C{size} its length.
+    """
+
+    def __init__(self, finished: defer.Deferred[bytes], limit: int) -> None:
+        self.finished = finished
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.parts = []
+            self.finished.errback(_BodyTooLarge())
+            self.abort()
+            return
+        self.parts.append(data)
+
+    def abort(self) -> None:
+        abort = getattr(self.transport, "abortConnection", None) or getattr(self.transport, "stopProducing", None)
+        if abort is not None:
+            abort()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.finished.called:
+            return
+        if reason is None or reason.check(ResponseDone) or reason.check(PotentialDataLoss):
+            self.finished.callback(b"".join(self.parts))
+        else:
+            self.finished.errback(reason)
+
+
+def _readCapped(response: Any, limit: int = MAX_BODY) -> defer.Deferred[bytes]:
+    """
+    The body of C{response}, refused (L{_BodyTooLarge}) past C{limit} bytes;
+    cancelling aborts the connection.
+    """
+    body: _CappedBody
+
+    def cancel(_: defer.Deferred[bytes]) -> None:
+        body.abort()
+
+    finished: defer.Deferred[bytes] = defer.Deferred(cancel)
+    body = _CappedBody(finished, limit)
+    if isinstance(response.length, int) and response.length > limit:
+        finished.errback(_BodyTooLarge())
+        response.deliverBody(body)  # connects the transport, then aborts it
+        body.abort()
+        return finished
+    response.deliverBody(body)
+    return finished
 
 
 class CredentialsError(CredentialsUnavailable):
@@ -83,7 +157,10 @@ def _tlsDetail(reason: Any) -> str | None:
     """
     The TLS check that failed, if the failure is a TLS one.
     """
-    text = str(reason.value) if hasattr(reason, "value") else str(reason)
+    value = reason.value if hasattr(reason, "value") else reason
+    if isinstance(value, (ConnectError, DNSLookupError)):
+        return None  # DNS, refused, proxy: before any TLS ("Couldn't find the hostname ...")
+    text = str(value)
     for needle, detail in [
         ("certificate verify failed", "the server certificate is not trusted (certificate verify failed)"),
         ("VerificationError", "the server certificate does not name this host"),
@@ -148,18 +225,31 @@ class CertificateAPI:
                 b"User-Agent": [b"incident-connector"],
             }
         )
+        # One deadline for the whole exchange: connecting, the answer's
+        # headers and its body (a server may trickle bytes forever).
+        deadline = self.reactor.seconds() + self.timeout
         try:
             response = await self._agent.request(
                 b"POST", endpoint.encode(), headers, FileBodyProducer(BytesIO(body))
             ).addTimeout(self.timeout, self.reactor)
-            payload = await readBody(response)
+            payload = await _readCapped(response).addTimeout(max(0.0, deadline - self.reactor.seconds()), self.reactor)
+        except _BodyTooLarge:
+            raise CredentialsError(
+                f"the certificate API at {self.url} answered more than {MAX_BODY} bytes", "bad_response"
+            ) from None
         except (ResponseNeverReceived, ResponseFailed) as e:
+            for reason in e.reasons:
+                if reason.check(defer.CancelledError):  # our deadline cancelled the request
+                    raise CredentialsError(
+                        f"the certificate API at {self.url} did not answer in time", "network"
+                    ) from None
             for reason in e.reasons:
                 detail = _tlsDetail(reason)
                 if detail:
                     raise CredentialsError(f"TLS verification of {self.url} failed: {detail}", "tls") from None
             raise CredentialsError(
-                f"cannot reach the certificate API at {self.url}: {e.reasons[0].getErrorMessage()}", "network"
+                f"cannot reach the certificate API at {self.url}: {self._clean(e.reasons[0].getErrorMessage())}",
+                "network",
             ) from None
         except defer.TimeoutError:
             raise CredentialsError(f"the certificate API at {self.url} did not answer in time", "network") from None
@@ -167,7 +257,9 @@ class CertificateAPI:
             detail = _tlsDetail(e)
             if detail:
                 raise CredentialsError(f"TLS verification of {self.url} failed: {detail}", "tls") from None
-            raise CredentialsError(f"cannot reach the certificate API at {self.url}: {e}", "network") from None
+            raise CredentialsError(
+                f"cannot reach the certificate API at {self.url}: {self._clean(str(e))}", "network"
+            ) from None
         status = response.code
         if status in (401, 403):
             raise CredentialsError(
@@ -180,11 +272,20 @@ class CertificateAPI:
         self._rejections = 0
         try:
             document = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise CredentialsError("the certificate API returned something that is not JSON", "bad_response") from None
         if not isinstance(document, dict) or "certificate" not in document:
             raise CredentialsError("the certificate API response has no certificate", "bad_response")
         return document
+
+    def _clean(self, text: str) -> str:
+        """
+        Text from an exception, which may quote what the server sent (and a
+        server may echo the request): never the token, one line.
+        """
+        if self._token:
+            text = text.replace(self._token, "<token>")
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
     def _backOff(self) -> float:
         self._rejections += 1

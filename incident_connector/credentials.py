@@ -28,6 +28,10 @@ __all__ = ["Credentials", "CredentialsSource", "StaticCredentials", "TokenCreden
 
 _log = Logger()
 
+#: How far ahead of this machine's clock a certificate's start may be (the
+#: relay, not us, checks it, with its own clock).
+CLOCK_SKEW = 300.0
+
 
 class StaticCredentials:
     """
@@ -144,15 +148,19 @@ class TokenCredentials:
             self.lastError = e
             raise
         try:
-            certificate = UserCertificate.fromLine(response["certificate"], self.key)
-        except (KeyError, TypeError, CertificateError) as e:
+            certificate, user, knownHostsText = self._check(response)
+        except CertificateError as e:
             error = CredentialsError(f"the certificate API returned an unusable certificate: {e}", "bad_response")
             self.lastError = error
             raise error from None
         knownHosts = self.stateDir / "known_hosts"
-        knownHosts.write_text(str(response.get("known_hosts", "")))
+        try:
+            knownHosts.write_text(knownHostsText)
+        except (OSError, UnicodeError) as e:
+            error = CredentialsError(f"cannot write {knownHosts}: {e}", "bad_response")
+            self.lastError = error
+            raise error from None
         policy = HostKeyPolicy(self.relayHost, self.relayPort, self.pin, str(knownHosts))
-        user = self.relayUser or str(response.get("relay_user") or "")
         self.lastError = None
         self._credentials = Credentials(user, self.key, certificate, policy)
         # From now, not from valid_after: relays backdate that for clock skew.
@@ -160,6 +168,34 @@ class TokenCredentials:
         _log.info("certificate issued for {user}: valid for {seconds:.0f} s", user=user, seconds=self._lifetime)
         self._scheduleRenewal(max(1.0, self._lifetime * 2 / 3))
         return self._credentials
+
+    def _check(self, response: dict[str, Any]) -> tuple[UserCertificate, str, str]:
+        """
+        The certificate, login name and known_hosts text of the API's
+        answer, which is untrusted.
+
+        @raise CertificateError: unusable: malformed, for another key or
+            connector, expired or not yet valid.
+        """
+        certificate = UserCertificate.fromLine(response.get("certificate"), self.key)
+        now = self.reactor.seconds()
+        if certificate.validBefore <= now:
+            raise CertificateError(
+                f"it expired {now - certificate.validBefore:.0f} s ago (is this machine's clock right?)"
+            )
+        if certificate.validAfter > now + CLOCK_SKEW:
+            raise CertificateError(
+                f"it is not yet valid for {certificate.validAfter - now:.0f} s (is this machine's clock right?)"
+            )
+        connectorId = self.api.connectorId
+        if connectorId not in certificate.principals:
+            raise CertificateError(f"it is not valid for connector {connectorId}")
+        relayUser = response.get("relay_user")
+        knownHostsText = response.get("known_hosts", "")
+        if not isinstance(relayUser, (str, type(None))) or not isinstance(knownHostsText, str):
+            raise CertificateError("relay_user and known_hosts must be strings")
+        user = self.relayUser or relayUser or connectorId
+        return certificate, user, knownHostsText
 
     def _scheduleRenewal(self, delay: float) -> None:
         if self._renewal is not None and self._renewal.active():

@@ -11,6 +11,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.ssh.keys import Key
@@ -43,21 +44,26 @@ class UserCertificate:
     principals: tuple[str, ...]
 
     @classmethod
-    def fromLine(cls, line: str | bytes, key: Key | None = None) -> UserCertificate:
+    def fromLine(cls, line: object, key: Key | None = None) -> UserCertificate:
         """
         Parse an OpenSSH certificate line (C{ssh-ed25519-cert-v01@openssh.com AAAA...}).
 
         @param key: if given, the private key the certificate must certify.
         @raise CertificateError: unparsable, not a user certificate, or for another key.
         """
-        text = line.decode() if isinstance(line, bytes) else line
+        if not isinstance(line, (str, bytes)):
+            raise CertificateError(f"expected a certificate line, not {type(line).__name__}")
+        try:
+            text = line.decode() if isinstance(line, bytes) else line
+        except UnicodeDecodeError:
+            raise CertificateError("not an OpenSSH certificate line") from None
         fields = text.split()
         if len(fields) < 2 or not fields[0].endswith("-cert-v01@openssh.com"):
             raise CertificateError("not an OpenSSH certificate line")
         try:
             certificate = serialization.load_ssh_public_identity(" ".join(fields[:2]).encode())
             blob = base64.b64decode(fields[1], validate=True)
-        except (ValueError, binascii.Error) as e:
+        except (ValueError, binascii.Error, UnsupportedAlgorithm) as e:
             raise CertificateError(f"unparsable certificate: {e}") from None
         if not isinstance(certificate, serialization.SSHCertificate):
             raise CertificateError("not an OpenSSH certificate")

@@ -225,6 +225,11 @@ class RelayService(service.Service):
             if isinstance(error, CredentialsUnavailable):
                 self._leastDelay = error.retryAfter
                 self.attemptFailed(error, error.reason)
+            else:
+                # A bug: ClientService would retry without a word (its line is at info).
+                self._log.failure("{prefix}getting credentials failed", reason, prefix=self.prefix)
+                error = TunnelError(f"getting credentials failed: {reason.getErrorMessage()}", "internal")
+                self.attemptFailed(error, "internal")
             return reason
 
         def dial(credentials: Credentials) -> defer.Deferred[Any]:

@@ -1,8 +1,10 @@
 """
 What the connector logs in with, in memory: the certificate bought with the
 token is renewed when a third of its lifetime is left and at once when the
-relay refused it, one API request however many callers wait; and key files
-that are not keys say so without quoting them.
+relay refused it, one API request however many callers wait; a certificate
+that is expired, not yet valid or for another connector, or an answer of the
+wrong shape, is refused as a bad response; key files that are not keys say so
+without quoting them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class FakeAPI:
     @ivar requests: how many certificates were asked for.
     @ivar waiting: if set, requests wait on it (a slow API).
     """
+
+    connectorId = "conn_1"
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
@@ -109,3 +113,107 @@ class IdentityFileTests(SynchronousTestCase):
     def test_missing(self) -> None:
         error = self.assertRaises(ValueError, loadIdentity, "/nonexistent/key")
         self.assertEqual(str(error), "cannot read '/nonexistent/key': No such file or directory")
+
+
+class ScriptedAPI:
+    """
+    Signs with a real CA; C{document} shapes the answer.
+    """
+
+    connectorId = "conn_1"
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.ca = CertificateAuthority(ed25519.Ed25519PrivateKey.generate(), LIFETIME)
+        self.requests = 0
+        self.principal = "conn_1"
+        self.offset = 0.0
+        self.document: Any = None
+
+    async def requestCertificate(self, publicKeyLine: str) -> dict[str, Any]:
+        self.requests += 1
+        line, _ = self.ca.sign(publicKeyLine, self.principal, now=self.clock.seconds() + self.offset)
+        if self.document is not None:
+            return self.document(line)  # type: ignore[no-any-return]
+        return {"certificate": line, "known_hosts": "", "relay_user": "conn_1"}
+
+
+class UntrustedCertificateTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.api = ScriptedAPI(self.clock)
+        self.source = TokenCredentials(self.clock, self.api, Path(self.mktemp()), "relay", 22, pin="SHA256:" + "A" * 43)  # type: ignore[arg-type]
+        self.addCleanup(self.source.stop)
+
+    def refused(self) -> CredentialsError:
+        failure = self.failureResultOf(self.source.get(), CredentialsError)
+        self.assertEqual(failure.value.reason, "bad_response")
+        self.assertIs(self.source.lastError, failure.value)
+        return failure.value
+
+    def test_expiredRefused(self) -> None:
+        """
+        An expired certificate is refused, and does not start a renewal every second.
+        """
+        self.api.offset = -3600
+        result = self.source.get()
+        result.addErrback(lambda f: None)
+        self.clock.pump([1] * 10)
+        self.assertEqual(self.api.requests, 1, "asked the API again every second")
+        self.assertIn("expired", str(self.refused()))
+
+    def test_notYetValidRefused(self) -> None:
+        self.api.offset = 3600
+        self.assertIn("not yet valid", str(self.refused()))
+
+    def test_wrongPrincipalRefused(self) -> None:
+        self.api.principal = "conn_2"
+        self.assertIn("conn_1", str(self.refused()))
+
+    def test_certificateNotAString(self) -> None:
+        for value in (5, ["x"], {"a": 1}, None):
+            self.api.document = lambda line, value=value: {"certificate": value, "relay_user": "conn_1"}
+            self.refused()
+
+    def test_unknownCertificateType(self) -> None:
+        self.api.document = lambda line: {"certificate": "foo-cert-v01@openssh.com AAAAB3Nza", "relay_user": "conn_1"}
+        self.refused()
+
+    def test_relayUserDefaultsToConnectorId(self) -> None:
+        """
+        Without relay_user the login name is the connector ID (the contract's default), not ''.
+        """
+        self.api.document = lambda line: {"certificate": line, "known_hosts": ""}
+        self.assertEqual(self.successResultOf(self.source.get()).user, "conn_1")
+
+
+class _BrokenSource:
+    def get(self) -> defer.Deferred[Any]:
+        return defer.fail(AttributeError("'int' object has no attribute 'split'"))
+
+    def invalidate(self) -> None:
+        pass
+
+
+class _Factory:
+    credentials = None
+
+
+class UnexpectedCredentialsErrorTests(SynchronousTestCase):
+    def test_reported(self) -> None:
+        """
+        A credentials failure that is not a CredentialsUnavailable (a bug, or
+        an answer the parser did not foresee) is logged and counted, not
+        retried silently.
+        """
+        from incident_connector.metrics import ConnectorMetrics
+        from incident_connector.tunnel.service import RelayService
+
+        clock = Clock()
+        metrics = ConnectorMetrics()
+        relay = RelayService(clock, None, _Factory(), _BrokenSource(), metrics, "relay.example:443")  # type: ignore[arg-type]
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        self.assertIsNotNone(relay.lastError)
+        self.flushLoggedErrors(AttributeError)
