@@ -18,6 +18,9 @@ Used:
   - L{twisted.internet.tcp.Connection.socket}: the socket, for C{sendmsg}.
   - C{ReactorBase._exitSignal}: twistd re-raises the signal that stopped the
     reactor (L{twisted.application.app.ApplicationRunner.run}).
+  - C{TCP4ServerEndpoint._port} (and TCP6's): the port a server endpoint
+    description names, to refuse one out of range before twistd's
+    C{bind()} raises on it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from twisted.internet import abstract, tcp
 __all__ = [
     "SUPPORTED",
     "clearExitSignal",
+    "endpointPort",
     "pendingBytes",
     "sendNow",
     "setReadSize",
@@ -128,3 +132,12 @@ def clearExitSignal(reactor: Any) -> None:
     """
     if hasattr(reactor, "_exitSignal"):
         reactor._exitSignal = None
+
+
+def endpointPort(endpoint: Any) -> int | None:
+    """
+    The port a TCP server endpoint will listen on, as its description named
+    it; L{None} for other endpoints (or if Twisted no longer keeps it there).
+    """
+    port = getattr(endpoint, "_port", None)
+    return port if isinstance(port, int) else None

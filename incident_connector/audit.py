@@ -140,7 +140,11 @@ class AuditLog:
             # redirect sys.stdout into the log system, which would wrap each record.
             self._fd = 1
             return None
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        # O_NONBLOCK: a FIFO with no reader fails at once (ENXIO) instead of
+        # blocking the whole process in open(), and a full FIFO fails the
+        # write (EAGAIN, the record counted lost) instead of blocking the
+        # reactor; it changes nothing for a regular file.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
             self._fd = os.open(self.path, flags, 0o640)
         except OSError as e:

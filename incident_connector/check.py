@@ -37,7 +37,6 @@ __all__ = ["main"]
 # or else how far the connection got.
 _STEPS = ["key exchange", "host key verified", "authenticated", "forward granted"]
 _FAILED_STEP = {"negotiation": 0, "host_key": 1, "auth": 2, "forward_refused": 3}
-_PHASE_STEP = {"first key exchange": 0, "waiting for the ssh-userauth service": 2, "user authentication": 2}
 
 
 class Report:
@@ -58,6 +57,20 @@ class Report:
 
     def skip(self, step: str, why: str) -> None:
         self.out.write(f"skip  {step}: {why}\n")
+
+
+def _reached(transport: RelayTransport) -> int:
+    """
+    The step a connection that was lost failed at.  Not from its phase: by
+    the time C{ready} fails, a lost connection's phase is already "closed".
+    """
+    if transport.negotiated is None:
+        return 0
+    if transport.hostKeyFingerprint is None:
+        return 1
+    if transport.connection is None:
+        return 2
+    return 3
 
 
 def _noStreams(channel: ForwardedChannel) -> IStreamProtocol:
@@ -96,7 +109,7 @@ async def _relaySteps(reactor: Any, options: Options, report: Report) -> None:
     try:
         port = await transport.ready
     except TunnelError as e:
-        failedAt = _FAILED_STEP.get(e.reason, _PHASE_STEP.get(transport.phase, 3))
+        failedAt = _FAILED_STEP.get(e.reason, _reached(transport))
         for step in _STEPS[:failedAt]:
             report.ok(step)
         report.fail(_STEPS[failedAt], str(e))

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import __version__
+from . import __version__, _twisted
 from .allowlist import Allowlist, AllowlistError
 from .api import isLoopbackURL
 from .keyfiles import sharedSecretWarning
@@ -122,6 +122,36 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return check
 
 
+def _printableASCII(text: str) -> bool:
+    return text.isascii() and text.isprintable() and not any(c.isspace() for c in text)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _listenDescription(text: str) -> str:
+    """
+    A C{--metrics-listen} endpoint description twistd would accept, checked
+    here so that a bad one is one line, not a traceback from strports.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        # The reactor is only used once the endpoint listens.
+        endpoint = serverFromString(None, text)
+    except Exception as e:
+        raise ValueError(f"not a server endpoint description ({e})") from None
+    port = _twisted.endpointPort(endpoint)
+    if port is not None and not 0 <= port <= 65535:
+        raise ValueError("the port must be 0-65535")
+    return text
+
+
 #: (name, default, converter, help).  A default of None means "not set".
 OPTIONS: list[tuple[str, Any, Callable[[str], Any] | None, str]] = [
     ("relay-address", "relay.incident.io:443", None, "Relay to dial, HOST:PORT or [IPV6]:PORT."),
@@ -150,7 +180,7 @@ OPTIONS: list[tuple[str, Any, Callable[[str], Any] | None, str]] = [
         "yes: when the allowlist is reloaded, close open streams it no longer allows.",
     ),
     ("audit-log", None, None, "Write one JSON line per stream to this file (- for stdout); reopened on SIGHUP."),
-    ("metrics-listen", "tcp:9090", None, "Twisted server endpoint for /metrics, /healthz, /readyz."),
+    ("metrics-listen", "tcp:9090", _listenDescription, "Twisted server endpoint for /metrics, /healthz, /readyz."),
     ("proxy", None, None, "HTTP proxy for the relay and the API, http://[user:pass@]host:port (beats HTTPS_PROXY)."),
     ("connections", 1, _positiveInt, "Independent SSH connections to the relay, each with its own forward."),
     ("keepalive-interval", 15.0, _positiveFloat, "Seconds between keepalives to the relay (0: off)."),
@@ -316,6 +346,7 @@ class Options(usage.Options):
         if self["setup-timeout"] is None:
             self["setup-timeout"] = 3 * self["connect-timeout"]
         self.apiToken = self._readToken()
+        self._checkText()
         self.usesToken = self["identity-file"] is None and self.apiToken is not None
         if self.usesToken:
             self._validateToken()
@@ -352,7 +383,11 @@ class Options(usage.Options):
                 "--api-url: remove the user name or password (the part up to @): "
                 "the API token is the only credential, and the URL is logged"
             )
-        parts = urlsplit(self["api-url"])
+        try:
+            parts = urlsplit(self["api-url"])
+        except ValueError as e:
+            # "Invalid IPv6 URL": an unclosed '[' (the URL holds no credential here).
+            raise ConfigurationError(f"--api-url {self['api-url']!r}: {e}") from None
         try:
             return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
@@ -365,9 +400,38 @@ class Options(usage.Options):
             warning = sharedSecretWarning(Path(self["api-token-file"]), "--api-token-file")
             if warning is not None:
                 _log.warn("{problem}", problem=warning)
-            with open(self["api-token-file"]) as f:
-                return f.read().strip() or None
+            try:
+                with open(self["api-token-file"], encoding="utf-8") as f:
+                    return f.read().strip() or None
+            except OSError as e:
+                raise ConfigurationError(f"--api-token-file {self['api-token-file']!r}: {e.strerror}") from None
+            except UnicodeDecodeError:
+                # Never the bytes: they may be most of the token.
+                raise ConfigurationError(
+                    f"--api-token-file {self['api-token-file']!r}: not UTF-8 text (expected the token alone)"
+                ) from None
         return None
+
+    def _checkText(self) -> None:
+        """
+        The values sent to the relay or the API as they are: printable, and
+        encodable (an environment variable that is not UTF-8 decodes to lone
+        surrogates, which fail only later, inside the retry loop, unlogged).
+        The token is never quoted.
+        """
+        if self.apiToken is not None and not _printableASCII(self.apiToken):
+            raise ConfigurationError(
+                "the API token (--api-token, --api-token-file or its variable) holds a space, a control "
+                "character or a character that is not ASCII; expected the token alone"
+            )
+        for name in ("connector-id", "relay-user"):
+            value = self[name]
+            if value is None:
+                continue
+            if not value.isprintable() or not _encodable(value):
+                raise ConfigurationError(f"--{name} {value!r}: holds control characters or bytes that are not UTF-8")
+            if value.strip() != value:
+                raise ConfigurationError(f"--{name} {value!r}: leading or trailing whitespace")
 
     def _validateToken(self) -> None:
         if not self["connector-id"]:

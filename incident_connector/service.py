@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from OpenSSL.crypto import Error as OpenSSLError
 from twisted.application import service, strports
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -103,7 +104,8 @@ class ConnectorService(service.MultiService):
             user=options["relay-user"] or f"connector {options['connector-id']} (token authentication)",
             allowlist=options.allowlist.describe(),
         )
-        if options["forward-dest-allowlist"] is None and options.allowlistFile is None:
+        # Blank (an unset shell variable, say) also means any: warn then too.
+        if options.allowlistFile is None and not (options["forward-dest-allowlist"] or "").split():
             _log.warn(
                 "no --forward-dest-allowlist: every destination reachable from here is allowed; "
                 "set one to limit what the platform can reach"
@@ -209,15 +211,20 @@ def makeCredentials(options: Options, reactor: Any) -> StaticCredentials | Token
     """
     if options.usesToken:
         assert options.apiToken is not None
-        api = CertificateAPI(
-            reactor,
-            options["api-url"],
-            options["connector-id"],
-            options.apiToken,
-            options["api-ca-file"],
-            timeout=options["connect-timeout"] * 3,
-            proxy=options.apiProxy,
-        )
+        try:
+            api = CertificateAPI(
+                reactor,
+                options["api-url"],
+                options["connector-id"],
+                options.apiToken,
+                options["api-ca-file"],
+                timeout=options["connect-timeout"] * 3,
+                proxy=options.apiProxy,
+            )
+        except OSError as e:
+            fail(f"--api-ca-file {options['api-ca-file']!r}: {e.strerror}")
+        except OpenSSLError:
+            fail(f"--api-ca-file {options['api-ca-file']!r}: not a PEM certificate")
         try:
             return TokenCredentials(
                 reactor,
@@ -242,7 +249,12 @@ def makeCredentials(options: Options, reactor: Any) -> StaticCredentials | Token
                 certificate = UserCertificate.fromLine(f.read(), key)
         except (OSError, CertificateError) as e:
             fail(f"--certificate-file {options['certificate-file']!r}: {e}")
-    policy = HostKeyPolicy(options.relayHost, options.relayPort, options["relay-host-key"], options["known-hosts"])
+        except UnicodeDecodeError:
+            fail(f"--certificate-file {options['certificate-file']!r}: not UTF-8 text (expected one certificate line)")
+    try:
+        policy = HostKeyPolicy(options.relayHost, options.relayPort, options["relay-host-key"], options["known-hosts"])
+    except OSError as e:
+        fail(f"--known-hosts {options['known-hosts']!r}: {e.strerror}")
     return StaticCredentials(Credentials(options["relay-user"], key, certificate, policy))
 
 

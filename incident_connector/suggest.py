@@ -12,6 +12,7 @@ or allowed but never connected to, are left out (the header counts them).
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -67,7 +68,16 @@ def suggest(argv: list[str], out: TextIO) -> None:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
             document = json.load(response)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        # HTTPException: a port that is not a number, a space in the URL, a
+        # server that does not speak HTTP (BadStatusLine).
         reason = getattr(e, "reason", None) or e
-        raise SystemExit(f"incident-connector: cannot read {url}: {reason}") from None
-    out.write(suggestFrom(document, url))
+        # One line: the reason may quote what the server sent.
+        raise SystemExit(f"incident-connector: cannot read {url}: {repr(str(reason).strip())[1:-1]}") from None
+    try:
+        text = suggestFrom(document, url)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise SystemExit(
+            f"incident-connector: {url} is not a connector's /destinations document (is --url its --metrics-listen?)"
+        ) from None
+    out.write(text)

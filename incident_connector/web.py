@@ -12,8 +12,9 @@ client sends may grow memory or descriptors without bound:
     413 as soon as its headers are read, before any of it is read (twisted.web
     would otherwise spool it to a temporary file);
   - a connection with no byte either way for L{IDLE_TIMEOUT} seconds is closed;
-  - at most L{MAX_CONNECTIONS} connections are served at once: more are
-    closed as soon as they are accepted.
+  - at most L{MAX_CONNECTIONS} connections are served at once: a new one
+    aborts the oldest (so slow clients cannot keep the probes out), and is
+    itself closed at once only if every other is already being aborted.
 """
 
 from __future__ import annotations
@@ -175,6 +176,8 @@ class _ListenerProtocol(policies.TimeoutProtocol):
     """
 
     _abortCall: Any = None
+    #: Aborted to make room for a newer connection (L{ListenerFactory._evictOldest}).
+    _evicted = False
 
     def timeoutFunc(self) -> None:
         """
@@ -221,6 +224,25 @@ class ListenerFactory(policies.TimeoutFactory):
     def callLater(self, period: float, func: Any) -> Any:
         return self.reactor.callLater(period, func)
 
+    def _evictOldest(self) -> bool:
+        """
+        Abort the connection open longest, to make room for a new one.  Any
+        client byte resets the idle timeout, so without this MAX_CONNECTIONS
+        clients trickling a header byte every few seconds (slowloris) would
+        keep the probes (/healthz, /readyz) and scrapes out for as long as
+        they like; a probe's connection lasts milliseconds, so it is never the
+        oldest.  At most MAX_CONNECTIONS more descriptors are held, each until
+        the reactor's next turn (abortConnection closes it then).
+
+        @return: whether a connection was aborted.
+        """
+        for protocol in self.protocols:
+            if not protocol._evicted:
+                protocol._evicted = True
+                cast(ITCPTransport, protocol.transport).abortConnection()
+                return True
+        return False
+
     def buildProtocol(self, addr: IAddress | None) -> Any:
         """
         Called for each accepted connection; L{None} makes the reactor close it at once.
@@ -230,10 +252,11 @@ class ListenerFactory(policies.TimeoutFactory):
             if self._lastWarning is None or now - self._lastWarning >= 60:
                 self._lastWarning = now
                 _log.warn(
-                    "metrics listener: {count} connections open, closing new ones until some end",
+                    "metrics listener: {count} connections open, closing the oldest for new ones",
                     count=len(self.protocols),
                 )
-            return None
+            if not self._evictOldest():
+                return None
         return super().buildProtocol(addr)
 
 

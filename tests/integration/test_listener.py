@@ -158,8 +158,8 @@ class ListenerTests(TunnelTestCase):
 
     def test_connectionCapHoldsDescriptors(self) -> None:
         """
-        300 idle connections: the connector holds at most 64 of them (the
-        rest are closed at once) and logs that once; scraping works again once
+        300 idle connections: the connector holds at most 64 of them (each
+        new one past 64 aborts the oldest) and logs that once; scraping works again once
         the idle ones are gone, and the descriptors are given back.
         """
         baseline = len(openDescriptors(self.pid))
@@ -167,7 +167,7 @@ class ListenerTests(TunnelTestCase):
         waitFor(lambda: sum(isClosed(s) for s in socks) >= 300 - 64, 20, "the surplus connections to be closed")
         held = len(openDescriptors(self.pid)) - baseline
         self.assertLessEqual(held, 64 + 2)
-        self.connector.waitForLog(r"metrics listener: 64 connections open, closing new ones until some end")
+        self.connector.waitForLog(r"metrics listener: 64 connections open, closing the oldest for new ones")
         waitFor(lambda: self.connector.get("/healthz")[0] == 200, 20, "/healthz to answer again")
-        self.assertEqual(self.connector.text().count("connections open, closing new ones"), 1)
+        self.assertEqual(self.connector.text().count("connections open, closing the oldest"), 1)
         waitFor(lambda: len(openDescriptors(self.pid)) <= baseline + 1, 20, "descriptors to be given back")

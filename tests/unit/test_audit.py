@@ -159,3 +159,21 @@ class WriterTests(SynchronousTestCase):
         audit(record(id="kept"))
         self.assertEqual(json.loads((self.dir / "gone" / "audit.jsonl").read_text())["id"], "kept")
         self.assertEqual(self.errors(), 0)
+
+    def test_fifoNeverBlocks(self) -> None:
+        """
+        A FIFO with no reader costs the records instead of blocking the
+        process in open() (before, the connector hung at start, its metrics
+        port never listening); one whose reader stalls costs the records that
+        do not fit instead of blocking the reactor in write().
+        """
+        path = self.dir / "fifo"
+        os.mkfifo(path)
+        audit = AuditLog(str(path), self.metrics)
+        audit(record())
+        self.assertEqual(self.errors(), 1)
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        for _ in range(5000):
+            audit(record())
+        self.assertGreater(self.errors(), 1)

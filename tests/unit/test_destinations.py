@@ -6,7 +6,9 @@ them covers exactly what was allowed and connected to.
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
@@ -14,7 +16,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from incident_connector.allowlist import Allowlist
 from incident_connector.destinations import DestinationsResource, ObservedDestinations, allowlistEntry
 from incident_connector.results import StreamRecord, StreamResult
-from incident_connector.suggest import suggestFrom
+from incident_connector.suggest import suggest, suggestFrom
 
 
 def ended(host: str | None, port: int, verdict: str | None, at: float, **fields: object) -> StreamRecord:
@@ -131,3 +133,26 @@ class SuggestTests(SynchronousTestCase):
         text = suggestFrom(table.snapshot(), "u")
         self.assertEqual(text.splitlines()[-1], "none  # nothing was allowed and connected to")
         self.assertFalse(Allowlist.parseLines(text).allows("denied.internal", 80))
+
+
+class SuggestCommandTests(SynchronousTestCase):
+    """
+    incident-connector suggest-allowlist --url: odd answers are one line.
+    """
+
+    def error(self, url: str) -> str:
+        exc = self.assertRaises(SystemExit, suggest, ["--url", url], io.StringIO())
+        self.assertIsInstance(exc.code, str)
+        self.assertEqual(len(str(exc.code).splitlines()), 1, exc.code)
+        return str(exc.code)
+
+    def test_badURL(self) -> None:
+        self.assertIn("nonnumeric port", self.error("http://127.0.0.1:abc"))
+        self.assertIn("cannot read", self.error("http://127.0.0.1:1/a b"))
+
+    def test_notADestinationsDocument(self) -> None:
+        for text in ["{}", "[1]", '{"destinations": [{"x": 1}], "since": 1, "dropped": 0}']:
+            base = Path(self.mktemp()).resolve()
+            base.mkdir()
+            (base / "destinations").write_text(text)
+            self.assertIn("is not a connector's /destinations document", self.error(base.as_uri()))

@@ -278,3 +278,88 @@ class DocumentationTests(SynchronousTestCase):
             assert row is not None
             for variable in envNames(name):
                 self.assertIn(f"`{variable}`", row.group(0))
+
+
+class OddValueTests(OptionsTestCase):
+    """
+    Values that raised (a traceback) or were taken and failed later; each is one line now.
+    """
+
+    def tokenArgs(self) -> list[str]:
+        return ["--connector-id", "c", "--state-dir", self.mktemp(), "--api-url", "http://127.0.0.1:1"]
+
+    def test_tokenFileNotText(self) -> None:
+        path = Path(self.mktemp())
+        path.write_bytes(b"\xff\xfeSECRET")
+        path.chmod(0o600)
+        line = self.parseError([*self.tokenArgs(), "--api-token-file", str(path)])
+        self.assertIn("--api-token-file", line)
+        self.assertNotIn("SECRET", line)
+
+    def test_tokenFileUnreadable(self) -> None:
+        line = self.parseError([*self.tokenArgs(), "--api-token-file", "/proc/self/mem"])
+        self.assertIn("--api-token-file '/proc/self/mem': ", line)
+
+    def test_tokenNotUTF8(self) -> None:
+        """
+        An environment variable that is not UTF-8 decodes to lone
+        surrogates: refused at once, the token unquoted (before, the
+        connector retried for ever with no error line).
+        """
+        line = self.parseError(self.tokenArgs(), {envName("api-token"): "SECRET\udcffX"})
+        self.assertIn("API token", line)
+        self.assertNotIn("SECRET", line)
+
+    def test_connectorIdNotUTF8(self) -> None:
+        line = self.parseError(["--api-token", "t", *self.tokenArgs()[2:]], {"INCIDENT_CONNECTOR_ID": "c\udcff"})
+        self.assertIn("--connector-id", line)
+
+    def test_apiURLUnclosedBracket(self) -> None:
+        line = self.parseError([*self.tokenArgs(), "--api-token", "t", "--api-url", "https://[::1"])
+        self.assertIn("--api-url 'https://[::1': ", line)
+
+    def test_metricsListen(self) -> None:
+        for value in ["bogus", "tcp:abc", "tcp:99999", "tcp:-1", "tcp:9090:backlog=x"]:
+            line = self.parseError([*self.base, "--metrics-listen", value])
+            self.assertTrue(line.startswith(f"incident-connector: error: --metrics-listen {value!r}: "), line)
+        self.assertEqual(self.parse([*self.base, "--metrics-listen", "tcp:0"])["metrics-listen"], "tcp:0")
+
+
+class CredentialFileTests(OptionsTestCase):
+    """
+    Files read when the service is built: a bad one is one line and exit 2, not a traceback.
+    """
+
+    def buildError(self, args: list[str]) -> str:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from incident_connector.service import makeCredentials
+
+        options = self.parse(args)
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        exc = self.assertRaises(SystemExit, makeCredentials, options, MemoryReactorClock())
+        self.assertEqual(exc.code, 2)
+        [line] = stderr.getvalue().splitlines()
+        return line
+
+    def binaryFile(self) -> str:
+        path = Path(self.mktemp())
+        path.write_bytes(b"\xff\xfe\x00bad")
+        return str(path)
+
+    def test_caFileNotPEM(self) -> None:
+        args = ["--connector-id", "c", "--api-token", "t", "--state-dir", self.mktemp()]
+        line = self.buildError([*args, "--api-ca-file", self.binaryFile()])
+        self.assertIn("--api-ca-file", line)
+        self.assertIn("not a PEM certificate", line)
+
+    def test_certificateFileNotText(self) -> None:
+        line = self.buildError([*self.base, "--certificate-file", self.binaryFile()])
+        self.assertIn("--certificate-file", line)
+
+    def test_knownHostsUnreadable(self) -> None:
+        line = self.buildError(
+            ["--identity-file", str(self.key), "--relay-user", "u", "--known-hosts", "/proc/self/mem"]
+        )
+        self.assertIn("--known-hosts '/proc/self/mem': ", line)

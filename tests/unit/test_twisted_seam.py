@@ -181,6 +181,17 @@ class AssumptionTests(SynchronousTestCase):
         source = inspect.getsource(posixbase._PollLikeMixin._doReadOrWrite)
         self.assertIn("selectable.doRead()", source)
 
+    def test_serverEndpointPort(self) -> None:
+        """
+        A TCP server endpoint built from a description keeps its port in
+        _port (IPv4 and IPv6); other endpoints have none.
+        """
+        from twisted.internet.endpoints import serverFromString
+
+        self.assertEqual(_twisted.endpointPort(serverFromString(None, "tcp:99999")), 99999)
+        self.assertEqual(_twisted.endpointPort(serverFromString(None, "tcp6:port=9090:interface=\\:\\:1")), 9090)
+        self.assertIsNone(_twisted.endpointPort(serverFromString(None, "unix:/tmp/x.sock")))
+
 
 class NoSendmsgTests(WriteThroughTests):
     """

@@ -144,23 +144,43 @@ class ConnectionTests(ListenerTestCase):
 
     def test_connectionCap(self) -> None:
         """
-        Beyond L{MAX_CONNECTIONS} open connections a new one is refused (the
-        reactor closes it at once); one ending makes room again.  The first
-        refusal is logged once, not once per connection.
+        Beyond L{MAX_CONNECTIONS} open connections a new one aborts the
+        oldest; once every open one is being aborted, new ones are refused
+        (the reactor closes them at once) and the first refusal is logged
+        once, not once per connection.  One ending makes room again.
         """
         events: list[dict[str, Any]] = []
         from twisted.logger import globalLogPublisher
 
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        open_ = [self.connect()[0] for _ in range(MAX_CONNECTIONS)]
+        open_ = [self.connect() for _ in range(MAX_CONNECTIONS)]
         address = IPv4Address("TCP", "127.0.0.1", 40001)
+        for _ in range(MAX_CONNECTIONS):
+            self.assertIsNotNone(self.factory.buildProtocol(address))
+        self.assertTrue(all(transport.disconnecting for _, transport in open_))
         for _ in range(10):
             self.assertIsNone(self.factory.buildProtocol(address))
         warnings = [e for e in events if "connections open" in e.get("log_format", "")]
         self.assertEqual(len(warnings), 1)
-        open_[0].connectionLost(None)
+        open_[0][0].connectionLost(None)
         self.assertIsNotNone(self.factory.buildProtocol(address))
+
+    def test_slowClientsCannotLockOutProbes(self) -> None:
+        """
+        L{MAX_CONNECTIONS} clients trickling a header byte more often than
+        L{IDLE_TIMEOUT} (slowloris) do not keep a probe out: its connection
+        is accepted and answered, and the oldest slow one is aborted.
+        """
+        slow = [self.connect() for _ in range(MAX_CONNECTIONS)]
+        for _ in range(10):
+            self.reactor.advance(IDLE_TIMEOUT - 1)
+            for protocol, _ in slow:
+                protocol.dataReceived(b"GET /healthz HTTP/1.1\r\nX-A: a")
+        out, _ = self.exchange(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+        self.assertTrue(slow[0][1].disconnecting)
+        self.assertFalse(slow[1][1].disconnecting)
 
     def test_factoryIsTheListener(self) -> None:
         self.assertIsInstance(self.factory, ListenerFactory)
