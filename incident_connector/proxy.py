@@ -12,13 +12,13 @@ import base64
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint, ITCPTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -112,7 +112,10 @@ class _Tunnel(protocol.Protocol):
         # Not "factory": Factory.buildProtocol sets that on us.
         self.endpoint = endpoint
         self.innerFactory = innerFactory
-        self.ready: defer.Deferred[IProtocol] = defer.Deferred()
+        # Cancelled (the endpoint's timeout, the setup timeout, stopService):
+        # close the connection to the proxy, or it stays open, and a late 200
+        # would start the real protocol on a connection nobody follows.
+        self.ready: defer.Deferred[IProtocol] = defer.Deferred(self._cancel)
         self.inner: IProtocol | None = None
         self._buffer = b""
 
@@ -163,6 +166,10 @@ class _Tunnel(protocol.Protocol):
         self.ready.callback(inner)
         if rest:
             inner.dataReceived(rest)
+
+    def _cancel(self, ready: defer.Deferred[IProtocol]) -> None:
+        if self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def _fail(self, why: str) -> None:
         if not self.ready.called:

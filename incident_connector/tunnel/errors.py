@@ -22,7 +22,7 @@ REASONS = {
     "keepalive_timeout": "the relay stopped answering",
     "disconnected": "the relay closed the connection with a reason",
     "connection_lost": "the connection ended before the forward was granted",
-    "lost": "an established connection ended",
+    "lost": "an established connection ended, no other reason known (the relay closed the socket)",
     "internal": "the connector failed acting on a relay message (a bug: its log has the traceback)",
 }
 

@@ -222,6 +222,9 @@ class RelayService(service.Service):
 
         def noCredentials(reason: Failure) -> Failure:
             error = reason.value
+            if reason.check(defer.CancelledError):
+                # stopService (or ClientService) gave up on the attempt: not a failure.
+                return reason
             if isinstance(error, CredentialsUnavailable):
                 self._leastDelay = error.retryAfter
                 self.attemptFailed(error, error.reason)
@@ -285,7 +288,9 @@ class RelayService(service.Service):
             self._connecting = None
             self.attemptStarted = None
             error = cast(Exception, reason.value)
-            self.attemptFailed(error, error.reason if isinstance(error, TunnelError) else "error")
+            if self.running:
+                # Not when stopService closed the attempt: that is no failure.
+                self.attemptFailed(error, error.reason if isinstance(error, TunnelError) else "error")
             if isinstance(error, TunnelError) and error.reason == "auth":
                 self.credentials.invalidate()
             proto.loseConnection()
@@ -299,7 +304,8 @@ class RelayService(service.Service):
             self.metrics.tunnelUp.labels(connection=self._label).set(0)
             if self.running:
                 failure = proto.failure
-                reason = failure.reason if failure is not None and failure.reason == "keepalive_timeout" else "lost"
+                # keepalive_timeout, disconnected, protocol...: why it ended, when known.
+                reason = failure.reason if failure is not None else "lost"
                 self.attemptFailed(TunnelError(f"connection lost after {uptime:.0f} s: {message}", reason), reason)
 
         proto.ready.addCallbacks(granted, failed)

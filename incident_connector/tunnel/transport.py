@@ -209,6 +209,7 @@ class RelayTransport(protocol.Protocol):
         self._failure: TunnelError | None = None
         self._readingPaused = False
         self._closeTimer: Any = None
+        self._lost = False
         self._firstKexDone = False
         self._strict = False
         #: Re-arms TCP_QUICKACK after each read (L{sockopts.quickAcker}).
@@ -314,6 +315,7 @@ class RelayTransport(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._phase = _Phase.CLOSED
+        self._lost = True
         for timer in (self._rekeyTimer, self._closeTimer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -765,7 +767,8 @@ class RelayTransport(protocol.Protocol):
         """
         self._phase = _Phase.CLOSED
         transport: Any = self.transport
-        if transport is None:
+        if transport is None or self._lost:
+            # Gone already (called from a whenLost or ready callback): no close deadline to arm.
             return
         transport.unregisterProducer()
         transport.loseConnection()
