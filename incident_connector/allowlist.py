@@ -317,7 +317,9 @@ class Allowlist:
         """
         entries = [
             (number, entry)
-            for number, line in enumerate(text.splitlines(), 1)
+            # Lines end at "\n" only (a CRLF's CR is whitespace): splitlines() also ends
+            # them at VT, FF, NEL, U+2028..., which would end a comment early.
+            for number, line in enumerate(text.split("\n"), 1)
             for entry in line.split("#", 1)[0].split()
         ]
         if not entries:

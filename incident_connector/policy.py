@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -111,9 +112,12 @@ def _read(path: str) -> tuple[bytes, tuple[int, int]]:
     The bytes at C{path} and the identity of the file they came from (one
     open, so a swap between the two cannot mix versions).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    # O_NONBLOCK: a FIFO (or a device) at the path must not block the reactor in open() or read().
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         with os.fdopen(fd, "rb", closefd=False) as f:
             content = f.read(MAX_FILE_SIZE + 1)
     finally:
@@ -302,6 +306,9 @@ class AllowlistFile(service.Service):
             self._failed(FileLoadError(f"--forward-dest-allowlist-file {self.path!r}: {e.strerror}", "unreadable"))
             return
         if content == self._current.content:
+            if identity != self._current.identity:
+                # The same list in another file: edits in place are now made to this one.
+                self._current = LoadedFile(self._current.allowlist, content, identity)
             self._edited = None
             self._failure = None
             return

@@ -31,17 +31,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
+import os
 import re
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from twisted.conch.ssh.keys import FingerprintFormats, Key
 
 __all__ = [
+    "MAX_FILE_SIZE",
     "HostKeyMismatch",
     "HostKeyPolicy",
     "KnownHost",
@@ -58,6 +61,9 @@ REVOKED = b"@revoked"
 CERT_AUTHORITY = b"@cert-authority"
 _MARKERS = (REVOKED, CERT_AUTHORITY)
 _HASH_MAGIC = b"|1|"
+
+#: Largest known_hosts file read, in bytes (tens of thousands of hosts).
+MAX_FILE_SIZE = 16 * 1024 * 1024
 
 
 class HostKeyMismatch(Exception):
@@ -182,7 +188,8 @@ class KnownHost:
             return None
         hosts, keyType, encoded = fields[:3]
         try:
-            blob = base64.b64decode(encoded, validate=True)
+            # OpenSSH's b64_pton skips whitespace: the CR of a CRLF line is no part of the key.
+            blob = base64.b64decode(encoded.translate(None, b"\r\n\v\f"), validate=True)
         except binascii.Error:
             return None
         # The blob names its own type: a line whose type field disagrees is malformed.
@@ -220,7 +227,23 @@ class KnownHosts:
 
     @classmethod
     def fromPath(cls, path: str) -> KnownHosts:
-        return cls.fromBytes(Path(path).read_bytes())
+        """
+        Read a known_hosts file of at most L{MAX_FILE_SIZE} bytes.
+
+        @raise OSError: it cannot be read, is not a regular file, or is too large
+            (C{strerror} says which).
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                text = f.read(MAX_FILE_SIZE + 1)
+        finally:
+            os.close(fd)
+        if len(text) > MAX_FILE_SIZE:
+            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_SIZE} bytes")
+        return cls.fromBytes(text)
 
     def forHost(self, name: bytes) -> list[KnownHost]:
         """

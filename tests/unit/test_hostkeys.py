@@ -107,7 +107,6 @@ class LineTests(SynchronousTestCase):
             b"@revoked @revoked relay.example " + KEY,
             b"relay.example ssh-rsa " + encoded,
             b"relay.example " + keyType + b" not!base64",
-            b"relay.example " + keyType + b" " + encoded + b"\r",
             b"relay.example " + keyType + b" AAAA",
         ]:
             self.assertIsNone(KnownHost.fromLine(1, line), line)
