@@ -26,9 +26,6 @@ cannot be read or parsed leaves the list in force, and says so in one line
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,6 +35,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from .allowlist import Allowlist, AllowlistError, InvalidDestination, Verdict, normalize
+from .files import readBounded
 from .metrics import ConnectorMetrics
 from .results import StreamRecord, timestamp
 
@@ -109,21 +107,9 @@ class LoadedFile:
 
 def _read(path: str) -> tuple[bytes, tuple[int, int]]:
     """
-    The bytes at C{path} and the identity of the file they came from (one
-    open, so a swap between the two cannot mix versions).
+    The bytes at C{path} and the identity of the file they came from.
     """
-    # O_NONBLOCK: a FIFO (or a device) at the path must not block the reactor in open() or read().
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            content = f.read(MAX_FILE_SIZE + 1)
-    finally:
-        os.close(fd)
-    if len(content) > MAX_FILE_SIZE:
-        raise OSError(errno.EFBIG, f"larger than {MAX_FILE_SIZE} bytes")
+    content, info = readBounded(path, MAX_FILE_SIZE)
     return content, (info.st_dev, info.st_ino)
 
 

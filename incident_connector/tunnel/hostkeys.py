@@ -31,17 +31,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import hashlib
 import hmac
-import os
 import re
-import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twisted.conch.ssh.keys import FingerprintFormats, Key
+
+from ..files import readBounded
 
 __all__ = [
     "MAX_FILE_SIZE",
@@ -233,16 +232,7 @@ class KnownHosts:
         @raise OSError: it cannot be read, is not a regular file, or is too large
             (C{strerror} says which).
         """
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, "not a regular file")
-            with os.fdopen(fd, "rb", closefd=False) as f:
-                text = f.read(MAX_FILE_SIZE + 1)
-        finally:
-            os.close(fd)
-        if len(text) > MAX_FILE_SIZE:
-            raise OSError(errno.EFBIG, f"larger than {MAX_FILE_SIZE} bytes")
+        text, _ = readBounded(path, MAX_FILE_SIZE)
         return cls.fromBytes(text)
 
     def forHost(self, name: bytes) -> list[KnownHost]:
