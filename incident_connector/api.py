@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from .proxy import HTTPConnectEndpoint, Proxy
 from .tunnel.errors import CredentialsUnavailable
+from .tunnel.wire import printable
 
 __all__ = ["CertificateAPI", "CredentialsError", "isLoopbackURL"]
 
@@ -285,7 +286,7 @@ class CertificateAPI:
         """
         if self._token:
             text = text.replace(self._token, "<token>")
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        return printable(text)
 
     def _backOff(self) -> float:
         self._rejections += 1

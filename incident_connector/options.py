@@ -126,14 +126,6 @@ def _printableASCII(text: str) -> bool:
     return text.isascii() and text.isprintable() and not any(c.isspace() for c in text)
 
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _listenDescription(text: str) -> str:
     """
     A C{--metrics-listen} endpoint description twistd would accept, checked
@@ -428,7 +420,8 @@ class Options(usage.Options):
             value = self[name]
             if value is None:
                 continue
-            if not value.isprintable() or not _encodable(value):
+            # Lone surrogates (bytes that were not UTF-8) are not printable either.
+            if not value.isprintable():
                 raise ConfigurationError(f"--{name} {value!r}: holds control characters or bytes that are not UTF-8")
             if value.strip() != value:
                 raise ConfigurationError(f"--{name} {value!r}: leading or trailing whitespace")

@@ -11,7 +11,14 @@ import struct
 
 from .errors import ProtocolError
 
-__all__ = ["Reader", "escape", "mpint", "string", "uint32"]
+__all__ = [
+    "Reader",
+    "escape",
+    "mpint",
+    "printable",
+    "string",
+    "uint32",
+]
 
 _U32 = struct.Struct(">L")
 
@@ -34,14 +41,20 @@ def mpint(value: int) -> bytes:
     return string(body)
 
 
+def printable(text: str) -> str:
+    """
+    C{text} with every character that is not printable escaped, as C{repr}
+    does: no newline or ESC from outside reaches a log line.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def escape(text: bytes, limit: int = 200) -> str:
     """
-    Text from the relay, fit for one log line: decoded leniently, every
-    control character escaped (no newline or ESC reaches the log), and cut to
-    C{limit} characters.
+    Text from the relay, fit for one log line: decoded leniently, made
+    L{printable}, and cut to C{limit} characters.
     """
-    decoded = text[: limit * 4].decode("utf-8", "replace")
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in decoded)
+    shown = printable(text[: limit * 4].decode("utf-8", "replace"))
     return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
