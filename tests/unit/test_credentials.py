@@ -31,6 +31,10 @@ class FakeAPI:
 
     @ivar requests: how many certificates were asked for.
     @ivar waiting: if set, requests wait on it (a slow API).
+    @ivar failure: if set, requests fail with it.
+    @ivar principal: whom certificates are for.
+    @ivar offset: seconds the CA's clock is ahead of ours.
+    @ivar document: if set, shapes the answer from the certificate line.
     """
 
     connectorId = "conn_1"
@@ -41,6 +45,9 @@ class FakeAPI:
         self.requests = 0
         self.waiting: defer.Deferred[None] | None = None
         self.failure: CredentialsError | None = None
+        self.principal = "conn_1"
+        self.offset = 0.0
+        self.document: Any = None
 
     async def requestCertificate(self, publicKeyLine: str) -> dict[str, Any]:
         self.requests += 1
@@ -48,7 +55,9 @@ class FakeAPI:
             await self.waiting
         if self.failure is not None:
             raise self.failure
-        line, _ = self.ca.sign(publicKeyLine, "conn_1", now=self.clock.seconds())
+        line, _ = self.ca.sign(publicKeyLine, self.principal, now=self.clock.seconds() + self.offset)
+        if self.document is not None:
+            return self.document(line)  # type: ignore[no-any-return]
         return {"certificate": line, "known_hosts": "", "relay_user": "conn_1"}
 
 
@@ -115,34 +124,11 @@ class IdentityFileTests(SynchronousTestCase):
         self.assertEqual(str(error), "cannot read '/nonexistent/key': No such file or directory")
 
 
-class ScriptedAPI:
-    """
-    Signs with a real CA; C{document} shapes the answer.
-    """
-
-    connectorId = "conn_1"
-
-    def __init__(self, clock: Clock) -> None:
-        self.clock = clock
-        self.ca = CertificateAuthority(ed25519.Ed25519PrivateKey.generate(), LIFETIME)
-        self.requests = 0
-        self.principal = "conn_1"
-        self.offset = 0.0
-        self.document: Any = None
-
-    async def requestCertificate(self, publicKeyLine: str) -> dict[str, Any]:
-        self.requests += 1
-        line, _ = self.ca.sign(publicKeyLine, self.principal, now=self.clock.seconds() + self.offset)
-        if self.document is not None:
-            return self.document(line)  # type: ignore[no-any-return]
-        return {"certificate": line, "known_hosts": "", "relay_user": "conn_1"}
-
-
 class UntrustedCertificateTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
-        self.api = ScriptedAPI(self.clock)
+        self.api = FakeAPI(self.clock)
         self.source = TokenCredentials(self.clock, self.api, Path(self.mktemp()), "relay", 22, pin="SHA256:" + "A" * 43)  # type: ignore[arg-type]
         self.addCleanup(self.source.stop)
 
@@ -186,34 +172,3 @@ class UntrustedCertificateTests(SynchronousTestCase):
         """
         self.api.document = lambda line: {"certificate": line, "known_hosts": ""}
         self.assertEqual(self.successResultOf(self.source.get()).user, "conn_1")
-
-
-class _BrokenSource:
-    def get(self) -> defer.Deferred[Any]:
-        return defer.fail(AttributeError("'int' object has no attribute 'split'"))
-
-    def invalidate(self) -> None:
-        pass
-
-
-class _Factory:
-    credentials = None
-
-
-class UnexpectedCredentialsErrorTests(SynchronousTestCase):
-    def test_reported(self) -> None:
-        """
-        A credentials failure that is not a CredentialsUnavailable (a bug, or
-        an answer the parser did not foresee) is logged and counted, not
-        retried silently.
-        """
-        from incident_connector.metrics import ConnectorMetrics
-        from incident_connector.tunnel.service import RelayService
-
-        clock = Clock()
-        metrics = ConnectorMetrics()
-        relay = RelayService(clock, None, _Factory(), _BrokenSource(), metrics, "relay.example:443")  # type: ignore[arg-type]
-        relay.startService()
-        self.addCleanup(relay.stopService)
-        self.assertIsNotNone(relay.lastError)
-        self.flushLoggedErrors(AttributeError)

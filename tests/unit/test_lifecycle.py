@@ -116,12 +116,40 @@ class StopTests(SynchronousTestCase):
         )
 
 
-class SilentProxyTests(SynchronousTestCase):
-    def test_timeoutClosesProxyConnection(self) -> None:
+class _Broken:
+    """A credentials source that fails with an error nobody foresaw (a bug)."""
+
+    def get(self) -> defer.Deferred[Any]:
+        return defer.fail(AttributeError("'int' object has no attribute 'split'"))
+
+    def invalidate(self) -> None:
+        pass
+
+
+class UnexpectedCredentialsErrorTests(SynchronousTestCase):
+    def test_reported(self) -> None:
         """
-        A proxy that accepts TCP and never answers CONNECT: once the attempt
-        is given up (the endpoint's timeout, or the setup timeout cancelling
-        it), the socket to the proxy is closed.
+        A credentials failure that is not a CredentialsUnavailable (a bug, or
+        an answer the parser did not foresee) is logged and counted, not
+        retried silently.
+        """
+        relay, _metrics = makeRelay(MemoryReactorClock(), PeerEndpoint(), _Broken())
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        self.assertIsNotNone(relay.lastError)
+        self.flushLoggedErrors(AttributeError)
+
+
+class SilentProxyTests(SynchronousTestCase):
+    """
+    A proxy that accepts TCP and never answers CONNECT: once the attempt is
+    given up (the endpoint's timeout, or the setup timeout or stopService
+    cancelling it), the socket to the proxy is closed.
+    """
+
+    def connecting(self) -> tuple[MemoryReactorClock, defer.Deferred[Any], StringTransport]:
+        """
+        An attempt through the proxy, connected to it and waiting for its answer.
         """
         reactor = MemoryReactorClock()
         endpoint = HTTPConnectEndpoint(reactor, Proxy.fromURL("http://proxy.internal:3128"), "relay.example", 443, 10)
@@ -131,19 +159,16 @@ class SilentProxyTests(SynchronousTestCase):
         assert tunnel is not None
         transport = StringTransport()
         tunnel.makeConnection(transport)
+        return reactor, connecting, transport
+
+    def test_timeoutClosesProxyConnection(self) -> None:
+        reactor, connecting, transport = self.connecting()
         reactor.advance(10)
         self.failureResultOf(connecting, defer.TimeoutError)
         self.assertTrue(transport.disconnecting, "the connection to the proxy is left open")
 
     def test_cancelClosesProxyConnection(self) -> None:
-        reactor = MemoryReactorClock()
-        endpoint = HTTPConnectEndpoint(reactor, Proxy.fromURL("http://proxy.internal:3128"), "relay.example", 443, 10)
-        connecting = endpoint.connect(protocol.Factory.forProtocol(protocol.Protocol))
-        reactor.advance(0)
-        tunnel = reactor.tcpClients[-1][2].buildProtocol(None)
-        assert tunnel is not None
-        transport = StringTransport()
-        tunnel.makeConnection(transport)
+        _, connecting, transport = self.connecting()
         connecting.cancel()
         self.failureResultOf(connecting, defer.CancelledError)
         self.assertTrue(transport.disconnecting, "the connection to the proxy is left open")
